@@ -1,0 +1,1 @@
+"""The ``hfserve`` command line: thin Typer shells over the library."""
