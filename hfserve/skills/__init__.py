@@ -1,0 +1,1 @@
+"""Skills: the handlers that know how to load and run one kind of model."""
