@@ -123,10 +123,11 @@ class LoadedModel(Protocol):
 
 @dataclass(frozen=True)
 class EmbeddingResult:
-    """One embedding per input, in order, and the tokens consumed."""
+    """One embedding per input, in order, the tokens consumed and how many inputs were cut."""
 
     vectors: list[list[float]]
     prompt_tokens: int
+    truncated: int = 0
 
 
 @runtime_checkable
@@ -152,6 +153,7 @@ class ClassificationResult:
 
     items: list[list[LabelScore]]
     prompt_tokens: int
+    truncated: int = 0
 
 
 @runtime_checkable
