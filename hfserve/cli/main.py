@@ -13,6 +13,7 @@ import typer
 from hfserve._version import __version__
 from hfserve.cli.errors import exit_code_for
 from hfserve.cli.hardware import hardware_command
+from hfserve.cli.k8s import k8s_app
 from hfserve.cli.keys import keys_app
 from hfserve.errors import HfServeError
 
@@ -51,6 +52,7 @@ def _root(
 
 app.command("hardware")(hardware_command)
 app.add_typer(keys_app, name="keys")
+app.add_typer(k8s_app, name="k8s")
 
 
 def main(argv: list[str] | None = None) -> None:
