@@ -1,0 +1,267 @@
+"""Per-key token buckets: a requests-per-minute and a tokens-per-minute budget.
+
+A bucket holds at most its per-minute budget and refills at budget/60 per second. The storage
+sits behind :class:`RateLimitBackend`, a two-operation async interface: ``acquire`` debits every
+bucket only if every bucket can pay (all or nothing), ``debit`` charges unconditionally (tokens
+counted after a response, which may drive a bucket negative). Both are single atomic steps, so a
+Redis backend can implement each as one Lua script and share budgets across replicas.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from hfserve.core.clock import Clock, MonotonicClock
+from hfserve.errors import InvalidRequestError
+
+__all__ = [
+    "BucketSpec",
+    "BucketState",
+    "MemoryRateLimitBackend",
+    "RateDecision",
+    "RateLimitBackend",
+    "RateLimiter",
+    "RateLimits",
+]
+
+# Refill arithmetic is in floats: a bucket that is a rounding error short of a cost still pays,
+# so waiting exactly ``retry_after`` seconds always gets the request admitted.
+_EPSILON = 1e-9
+# How many backend operations pass between sweeps of buckets that have refilled to full
+# (a full bucket is the same as no bucket, so forgetting it bounds memory to active keys).
+_SWEEP_EVERY = 1024
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """One key's budgets per minute; 0 means unlimited."""
+
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+
+    def __post_init__(self) -> None:
+        if self.requests_per_minute < 0 or self.tokens_per_minute < 0:
+            raise ValueError("rate limits cannot be negative (0 means unlimited)")
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    """The outcome of :meth:`RateLimiter.allow`, with what the ``x-ratelimit-*`` headers need.
+
+    ``retry_after`` is how long until this same request would be admitted (0 when allowed);
+    ``reset_*`` is how long until that bucket is full again. Unlimited budgets report 0s.
+    """
+
+    allowed: bool
+    retry_after: float
+    limit_requests: int
+    remaining_requests: int
+    reset_requests: float
+    limit_tokens: int
+    remaining_tokens: int
+    reset_tokens: float
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    """One bucket an operation touches: its name, shape, and what the operation costs."""
+
+    name: str
+    capacity: float
+    refill_per_second: float
+    cost: float
+
+
+@dataclass(frozen=True)
+class BucketState:
+    """A bucket after an operation: its level, and whether the cost was taken."""
+
+    level: float
+    debited: bool
+
+
+@runtime_checkable
+class RateLimitBackend(Protocol):
+    """Where bucket levels live; each call is one atomic step across all its buckets.
+
+    A missing bucket starts full. ``now`` is the caller's clock in seconds; a backend shared
+    by several processes may use its own clock instead (e.g. Redis ``TIME``).
+    """
+
+    async def acquire(
+        self, key: str, buckets: Sequence[BucketSpec], now: float
+    ) -> Sequence[BucketState]:
+        """Refill, then debit every bucket's cost only if every bucket holds at least it."""
+        ...
+
+    async def debit(
+        self, key: str, buckets: Sequence[BucketSpec], now: float
+    ) -> Sequence[BucketState]:
+        """Refill, then debit every bucket's cost unconditionally (levels may go negative)."""
+        ...
+
+
+class _Bucket:
+    __slots__ = ("full_at", "level", "updated")
+
+    def __init__(self, level: float, updated: float, full_at: float) -> None:
+        self.level = level
+        self.updated = updated
+        self.full_at = full_at
+
+
+class MemoryRateLimitBackend:
+    """Buckets in this process's memory, guarded by a lock (safe across threads)."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._lock = threading.Lock()
+        self._ops = 0
+
+    def __len__(self) -> int:
+        """How many buckets are held (those not yet known to be full again)."""
+        with self._lock:
+            return len(self._buckets)
+
+    async def acquire(
+        self, key: str, buckets: Sequence[BucketSpec], now: float
+    ) -> Sequence[BucketState]:
+        """Debit all buckets if all can pay; otherwise change nothing."""
+        return self._apply(key, buckets, now, conditional=True)
+
+    async def debit(
+        self, key: str, buckets: Sequence[BucketSpec], now: float
+    ) -> Sequence[BucketState]:
+        """Debit all buckets unconditionally."""
+        return self._apply(key, buckets, now, conditional=False)
+
+    def _apply(
+        self, key: str, specs: Sequence[BucketSpec], now: float, *, conditional: bool
+    ) -> list[BucketState]:
+        with self._lock:
+            self._ops += 1
+            if self._ops % _SWEEP_EVERY == 0:
+                self._sweep(now)
+            buckets = [self._refilled(key, spec, now) for spec in specs]
+            pay = not conditional or all(
+                b.level + _EPSILON >= s.cost for b, s in zip(buckets, specs, strict=True)
+            )
+            states = []
+            for bucket, spec in zip(buckets, specs, strict=True):
+                if pay:
+                    bucket.level -= spec.cost
+                    bucket.full_at = bucket.updated + _time_to(spec.capacity, bucket.level, spec)
+                states.append(BucketState(level=bucket.level, debited=pay))
+            return states
+
+    def _refilled(self, key: str, spec: BucketSpec, now: float) -> _Bucket:
+        bucket = self._buckets.get((key, spec.name))
+        if bucket is None:
+            bucket = _Bucket(level=spec.capacity, updated=now, full_at=now)
+            self._buckets[(key, spec.name)] = bucket
+            return bucket
+        # Threads may read the clock in one order and take the lock in another: time seen
+        # by a bucket never runs backwards.
+        elapsed = max(0.0, now - bucket.updated)
+        bucket.level = min(spec.capacity, bucket.level + elapsed * spec.refill_per_second)
+        bucket.updated = max(bucket.updated, now)
+        return bucket
+
+    def _sweep(self, now: float) -> None:
+        for name in [n for n, b in self._buckets.items() if b.full_at <= now]:
+            del self._buckets[name]
+
+
+def _time_to(target: float, level: float, spec: BucketSpec) -> float:
+    """Seconds until a bucket at ``level`` refills to ``target`` (0 if already there)."""
+    return max(0.0, (target - level) / spec.refill_per_second)
+
+
+class RateLimiter:
+    """Admits or refuses requests per API key against its requests/min and tokens/min budgets.
+
+    Args:
+        backend: where buckets live; default: this process's memory.
+        clock: a monotonic time source; inject a ``FakeClock`` in tests.
+    """
+
+    def __init__(
+        self, backend: RateLimitBackend | None = None, *, clock: Clock | None = None
+    ) -> None:
+        self.backend: RateLimitBackend = (
+            backend if backend is not None else MemoryRateLimitBackend()
+        )
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
+
+    async def allow(
+        self, key: str, limits: RateLimits, *, requests: int = 1, tokens: int = 0
+    ) -> RateDecision:
+        """Take ``requests`` and ``tokens`` from ``key``'s budgets if both can pay, else nothing.
+
+        ``tokens`` is what is known up front (e.g. the prompt); :meth:`charge` adds the rest.
+
+        Raises:
+            InvalidRequestError: the request alone is larger than a whole minute's budget, so
+                no amount of waiting would admit it.
+            ValueError: a negative ``requests`` or ``tokens``.
+        """
+        if requests < 0 or tokens < 0:
+            raise ValueError("requests and tokens cannot be negative")
+        specs = _specs(limits, requests=requests, tokens=tokens)
+        for spec in specs:
+            if spec.cost > spec.capacity:
+                raise InvalidRequestError(
+                    f"this request needs {spec.cost:.0f} {spec.name} but the API key allows "
+                    f"{spec.capacity:.0f} {spec.name} per minute",
+                    code="request_too_large",
+                )
+        if not specs:
+            return RateDecision(True, 0.0, 0, 0, 0.0, 0, 0, 0.0)
+        states = await self.backend.acquire(key, specs, self._clock.now())
+        return _decision(specs, states)
+
+    async def charge(self, key: str, limits: RateLimits, tokens: int) -> None:
+        """Debit ``tokens`` counted after a response; a bucket driven negative delays later calls.
+
+        Raises:
+            ValueError: ``tokens`` is negative.
+        """
+        if tokens < 0:
+            raise ValueError("tokens cannot be negative")
+        if tokens == 0 or limits.tokens_per_minute == 0:
+            return
+        specs = _specs(RateLimits(tokens_per_minute=limits.tokens_per_minute), tokens=tokens)
+        await self.backend.debit(key, specs, self._clock.now())
+
+
+def _specs(limits: RateLimits, *, requests: int = 0, tokens: int = 0) -> list[BucketSpec]:
+    specs = []
+    if limits.requests_per_minute:
+        rpm = limits.requests_per_minute
+        specs.append(BucketSpec("requests", float(rpm), rpm / 60.0, float(requests)))
+    if limits.tokens_per_minute:
+        tpm = limits.tokens_per_minute
+        specs.append(BucketSpec("tokens", float(tpm), tpm / 60.0, float(tokens)))
+    return specs
+
+
+def _decision(specs: Sequence[BucketSpec], states: Sequence[BucketState]) -> RateDecision:
+    allowed = all(state.debited for state in states)
+    retry_after = 0.0
+    report: dict[str, tuple[int, int, float]] = {}
+    for spec, state in zip(specs, states, strict=True):
+        if not allowed:
+            retry_after = max(retry_after, _time_to(spec.cost, state.level, spec))
+        remaining = max(0, math.floor(state.level + _EPSILON))
+        report[spec.name] = (
+            int(spec.capacity),
+            remaining,
+            _time_to(spec.capacity, state.level, spec),
+        )
+    req = report.get("requests", (0, 0, 0.0))
+    tok = report.get("tokens", (0, 0, 0.0))
+    return RateDecision(allowed, retry_after, *req, *tok)
