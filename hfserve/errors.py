@@ -12,19 +12,19 @@ __all__ = [
     "CircuitOpenError",
     "ConfigError",
     "HfServeError",
+    "InferenceError",
     "InvalidRequestError",
+    "KeyNotFoundError",
     "ModelLoadError",
     "ModelNotFoundError",
     "OverloadedError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "RateLimitedError",
+    "RetryableError",
     "ShuttingDownError",
     "SkillNotFoundError",
     "UnavailableError",
-    "InferenceError",
-    "KeyNotFoundError",
-    "RetryableError",
 ]
 
 

@@ -73,7 +73,7 @@ def _cpu_model() -> str:
 def _torch_facts() -> tuple[str | None, bool, str | None, list[CudaDevice], bool]:
     if importlib.util.find_spec("torch") is None:
         return None, False, None, [], False
-    import torch  # noqa: PLC0415 - heavy, only when probing
+    import torch
 
     devices: list[CudaDevice] = []
     cuda = bool(torch.cuda.is_available())

@@ -130,11 +130,17 @@ class Settings(BaseSettings):
         0, ge=0, description="Byte budget for loaded models (e.g. 8GiB); 0 means no byte limit."
     )
     model_idle_ttl: float = Field(
-        0, ge=0, description="Seconds an unpinned model may sit unused before it is unloaded; 0 = never."
+        0,
+        ge=0,
+        description="Seconds an unpinned model may sit unused before it is unloaded; 0 = never.",
     )
     load_timeout: float = Field(600.0, gt=0, description="Seconds a model load may take.")
-    breaker_failures: int = Field(3, ge=1, description="Failed loads before a model is refused fast.")
-    breaker_recovery: float = Field(30.0, gt=0, description="Seconds before a failing model is retried.")
+    breaker_failures: int = Field(
+        3, ge=1, description="Failed loads before a model is refused fast."
+    )
+    breaker_recovery: float = Field(
+        30.0, gt=0, description="Seconds before a failing model is retried."
+    )
     trust_remote_code: bool = Field(False, description="Allow models that ship their own code.")
 
     # --- server -----------------------------------------------------------------------------
@@ -158,15 +164,25 @@ class Settings(BaseSettings):
         None, description="Require API keys; default: on when the keys file has keys."
     )
     public_metrics: bool = Field(True, description="Serve /metrics without an API key.")
-    default_rpm: int = Field(0, ge=0, description="Requests/min per key when the key sets none; 0 = unlimited.")
-    default_tpm: int = Field(0, ge=0, description="Tokens/min per key when the key sets none; 0 = unlimited.")
+    default_rpm: int = Field(
+        0, ge=0, description="Requests/min per key when the key sets none; 0 = unlimited."
+    )
+    default_tpm: int = Field(
+        0, ge=0, description="Tokens/min per key when the key sets none; 0 = unlimited."
+    )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body.")
     max_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask.")
-    max_inputs: int = Field(2048, ge=1, description="Most inputs in one embeddings/classification request.")
-    max_prompt_tokens: int = Field(0, ge=0, description="Longest prompt in tokens; 0 = the model's context.")
+    max_inputs: int = Field(
+        2048, ge=1, description="Most inputs in one embeddings/classification request."
+    )
+    max_prompt_tokens: int = Field(
+        0, ge=0, description="Longest prompt in tokens; 0 = the model's context."
+    )
 
     # --- batching and generation ------------------------------------------------------------
-    max_batch_size: int = Field(32, ge=1, description="Most items in one embeddings/classification batch.")
+    max_batch_size: int = Field(
+        32, ge=1, description="Most items in one embeddings/classification batch."
+    )
     max_batch_tokens: int = Field(16384, ge=1, description="Most tokens in one batch.")
     max_wait_ms: float = Field(
         5.0, ge=0, description="How long a forming batch may linger for more items (ms)."
@@ -179,7 +195,9 @@ class Settings(BaseSettings):
     # --- response cache ---------------------------------------------------------------------
     response_cache: bool = Field(True, description="Cache deterministic responses.")
     response_cache_ttl: float = Field(300.0, gt=0, description="Response cache TTL (seconds).")
-    response_cache_memory: int = Field(64 * 1024 * 1024, ge=0, description="Response cache byte budget.")
+    response_cache_memory: int = Field(
+        64 * 1024 * 1024, ge=0, description="Response cache byte budget."
+    )
 
     # --- redis ------------------------------------------------------------------------------
     redis_url: str | None = Field(None, description="Redis URL for shared state across replicas.")

@@ -14,7 +14,10 @@ __all__ = ["hardware_command"]
 def hardware_command(
     json_output: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
     device: str = typer.Option(
-        "auto", "--device", envvar="HFSERVE_DEVICE", help="Device to evaluate: auto, cpu, cuda[:N], mps."
+        "auto",
+        "--device",
+        envvar="HFSERVE_DEVICE",
+        help="Device to evaluate: auto, cpu, cuda[:N], mps.",
     ),
 ) -> None:
     """Show CPU, RAM, CUDA/MPS devices and memory, and the device and dtype hfserve would use."""

@@ -1,0 +1,185 @@
+"""``hfserve serve``: run the OpenAI-compatible server under uvicorn, with graceful drain."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from hfserve.errors import ConfigError
+from hfserve.settings import Settings
+
+if TYPE_CHECKING:
+    from hfserve.server.state import ServerState
+
+__all__ = ["build_settings", "serve_command"]
+
+log = logging.getLogger("hfserve")
+
+
+def serve_command(
+    model: list[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="[ALIAS=]PATH_OR_ID to serve; repeat for several (the first is the default). "
+        "None: the built-in offline demo models.",
+        show_default=False,
+    ),
+    task: str = typer.Option(
+        None, help="Force the skill task (text-generation, embeddings, text-classification)."
+    ),
+    host: str = typer.Option(
+        None, help="Address to bind.  [default: 127.0.0.1]", show_default=False
+    ),
+    port: int = typer.Option(None, help="Port to bind.  [default: 8000]", show_default=False),
+    workers: int = typer.Option(
+        None, help="uvicorn worker processes.  [default: 1]", show_default=False
+    ),
+    keys_file: Path = typer.Option(
+        None, help="API keys file.  [default: ~/.config/hfserve/keys.json]", show_default=False
+    ),
+    no_auth: bool = typer.Option(
+        False, "--no-auth", help="Serve without API keys (local use only)."
+    ),
+    device: str = typer.Option(
+        None, help="auto, cpu, cuda, cuda:N or mps.  [default: auto]", show_default=False
+    ),
+    dtype: str = typer.Option(
+        None, help="auto, float32, float16 or bfloat16.  [default: auto]", show_default=False
+    ),
+    max_batch_size: int = typer.Option(
+        None,
+        help="Most items per embeddings/classification batch.  [default: 32]",
+        show_default=False,
+    ),
+    max_wait_ms: float = typer.Option(
+        None, help="How long a forming batch may linger (ms).  [default: 5]", show_default=False
+    ),
+    max_queue: int = typer.Option(
+        None, help="Queued requests per model before 503.  [default: 256]", show_default=False
+    ),
+    max_loaded_models: int = typer.Option(
+        None, help="Most models in memory at once.  [default: 4]", show_default=False
+    ),
+    cache_memory: str = typer.Option(
+        None, help="Byte budget for loaded models, e.g. 8GiB (0 = none).", show_default=False
+    ),
+    response_cache: bool = typer.Option(
+        None,
+        "--response-cache/--no-response-cache",
+        help="Cache deterministic responses.  [default: on]",
+        show_default=False,
+    ),
+    redis_url: str = typer.Option(
+        None, help="Redis URL for state shared across replicas.", show_default=False
+    ),
+    grace_period: float = typer.Option(
+        None, help="Seconds in-flight requests get on SIGTERM.  [default: 30]", show_default=False
+    ),
+    log_level: str = typer.Option(
+        None, help="critical, error, warning, info or debug.  [default: info]", show_default=False
+    ),
+    config: Path = typer.Option(
+        None, "--config", "-c", help="hfserve.toml config file.", show_default=False
+    ),
+) -> None:
+    """Serve models over an OpenAI-compatible HTTP API (flags > HFSERVE_* env > config file)."""
+    settings = build_settings(
+        config,
+        models=model or None,
+        task=task,
+        host=host,
+        port=port,
+        workers=workers,
+        keys_file=keys_file,
+        auth=False if no_auth else None,
+        device=device,
+        dtype=dtype,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        max_loaded_models=max_loaded_models,
+        cache_memory=cache_memory,
+        response_cache=response_cache,
+        redis_url=redis_url,
+        grace_period=grace_period,
+        log_level=log_level,
+    )
+    run_server(settings)
+
+
+def build_settings(config: Path | None, **flags: Any) -> Settings:
+    """Settings for ``serve``: flags over env over the config file, checked for what we support."""
+    settings = Settings.load(config, **flags)
+    if settings.workers > 1:
+        raise ConfigError(
+            "--workers > 1 is not supported: run one worker per container and scale with replicas "
+            "(metrics and queues are per process)"
+        )
+    return settings
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_server(settings: Settings) -> None:
+    """Build the app and run it until SIGTERM/SIGINT, draining gracefully."""
+    import uvicorn
+    from rich.console import Console
+    from rich.panel import Panel
+
+    from hfserve.server.app import create_app
+    from hfserve.server.lifecycle import DrainingServer
+
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    app = create_app(settings)
+    state: ServerState = app.state.hfserve
+    console = Console(stderr=True)
+    auth = state.auth_enabled()
+    if not auth and not _is_loopback(settings.host):
+        console.print(
+            f"[bold yellow]warning:[/] serving on {settings.host} without API keys: anyone who can "
+            "reach this port can use it. Create a key with `hfserve keys create` or bind 127.0.0.1."
+        )
+    specs = state.loader.specs
+    lines = [f"[bold]{alias}[/]  {spec.source}" for alias, spec in specs.items()]
+    demo = "" if settings.models else "  [dim](built-in offline demo; random-weights chat model)[/]"
+    console.print(
+        Panel(
+            "\n".join(
+                [
+                    f"URL      http://{settings.host}:{settings.port}/v1{demo}",
+                    f"Device   {settings.device} / {settings.dtype}",
+                    f"Auth     {'on (API keys from ' + str(settings.keys_file) + ')' if auth else 'off'}",
+                    "Models   " + ("\n         ".join(lines) if lines else "none"),
+                ]
+            ),
+            title="hfserve",
+            expand=False,
+        )
+    )
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=1,
+        log_config=None,
+    )
+    server = DrainingServer(config, state=state, grace_period=settings.grace_period)
+    server.run()

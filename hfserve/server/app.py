@@ -1,0 +1,176 @@
+"""``create_app(settings)``: the Starlette app, its middleware stack and its lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from hfserve.runtime.loader import ModelLoader
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from hfserve.core.keystore import KeyStore
+from hfserve.core.rate_limiter import RateLimiter
+from hfserve.core.response_cache import MemoryResponseBackend, ResponseCache
+from hfserve.errors import HfServeError
+from hfserve.server.errors import error_body, error_response, unhandled_error_response
+from hfserve.server.metrics import Metrics
+from hfserve.server.middleware import (
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    RateLimitMiddleware,
+    RequestContextMiddleware,
+)
+from hfserve.server.openapi import build_openapi
+from hfserve.server.requests import ClientDisconnectedError, json_response
+from hfserve.server.routes.encoders import classifications, embeddings
+from hfserve.server.routes.generation import chat_completions, completions
+from hfserve.server.routes.ops import get_model, health, list_models, metrics, ready
+from hfserve.server.state import ServerState
+from hfserve.settings import Settings
+from hfserve.skills.base import RuntimeOptions
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("hfserve.server")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    loader: ModelLoader | None = None,
+    keystore: KeyStore | None = None,
+    rate_limiter: RateLimiter | None = None,
+    response_cache: ResponseCache | None = None,
+) -> Starlette:
+    """Build the app. Does no I/O: models load in the lifespan, keys are read on demand."""
+    metrics_ = Metrics()
+    if loader is None:
+        options = RuntimeOptions(
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue=settings.max_queue,
+            max_concurrent_generations=settings.max_concurrent_generations,
+            trust_remote_code=settings.trust_remote_code,
+            batch_observer=metrics_,
+        )
+        loader = ModelLoader(settings, observer=metrics_, runtime_options=options)
+    if response_cache is None and settings.response_cache:
+        response_cache = ResponseCache(
+            MemoryResponseBackend(max_bytes=settings.response_cache_memory),
+            ttl=settings.response_cache_ttl,
+        )
+    state = ServerState(
+        settings=settings,
+        loader=loader,
+        keystore=keystore if keystore is not None else KeyStore(settings.keys_file),
+        rate_limiter=rate_limiter if rate_limiter is not None else RateLimiter(),
+        response_cache=response_cache,
+        metrics=metrics_,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state.started_at = int(time.time())
+        state.spawn(_preload(state))
+        try:
+            yield
+        finally:
+            state.begin_drain()
+            await state.cancel_tasks()
+            await state.loader.aclose()
+
+    openapi_doc = build_openapi(secured=True)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_doc)
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/classifications", classifications, methods=["POST"]),
+    ]
+    middleware = [Middleware(RequestContextMiddleware, state=state)]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"],
+                expose_headers=["x-request-id", "retry-after", "x-cache"],
+            )
+        )
+    middleware += [
+        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+        Middleware(AuthMiddleware, state=state),
+        Middleware(RateLimitMiddleware, state=state),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={
+            HfServeError: _hfserve_error,
+            HTTPException: _http_error,
+            ClientDisconnectedError: _client_gone,
+            Exception: unhandled_error_response,
+        },
+    )
+    app.state.hfserve = state
+    return app
+
+
+async def _preload(state: ServerState) -> None:
+    try:
+        await state.loader.preload()
+    except HfServeError as exc:
+        state.preload_error = exc.message
+        log.error("preloading models failed: %s", exc.message)
+    except Exception as exc:
+        state.preload_error = f"{type(exc).__name__}: {exc}"
+        log.exception("preloading models failed")
+    else:
+        state.ready = True
+        log.info("models ready: %s", ", ".join(state.loader.loaded()) or "none")
+
+
+async def _hfserve_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HfServeError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"unknown endpoint {request.method} {request.url.path}"
+        body = error_body(message, "invalid_request_error", code="not_found")
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+        body = error_body(message, "invalid_request_error", code="method_not_allowed")
+    else:
+        body = error_body(str(exc.detail), "invalid_request_error", code=None)
+    return json_response(body, status=exc.status_code, headers=dict(exc.headers or {}))
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    state: Any = request.app.state.hfserve
+    state.metrics.client_disconnects.inc()
+    # Nobody reads this; 499 (nginx's "client closed request") keeps logs and metrics honest.
+    return Response(status_code=499)

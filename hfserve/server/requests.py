@@ -1,0 +1,178 @@
+"""The plumbing every model route shares: body parsing, model lookup, cancellation, cache."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from hfserve.core.response_cache import make_cache_key
+from hfserve.errors import InvalidRequestError
+from hfserve.server.state import ServerState
+
+__all__ = [
+    "ClientDisconnectedError",
+    "cached_json",
+    "charge_tokens",
+    "json_response",
+    "load_model",
+    "read_json",
+    "run_until_disconnect",
+    "server_state",
+]
+
+T = TypeVar("T")
+M = TypeVar("M")
+_MAX_DEPTH = 64
+
+
+class ClientDisconnectedError(Exception):
+    """The client went away before its response was ready; its work was cancelled."""
+
+
+def server_state(request: Request) -> ServerState:
+    """The ``ServerState`` of the app serving ``request``."""
+    return request.app.state.hfserve  # type: ignore[no-any-return]
+
+
+async def read_json(request: Request) -> Any:
+    """Decode the JSON body.
+
+    Raises:
+        InvalidRequestError: wrong content type, invalid UTF-8/JSON, or nesting deeper than 64.
+    """
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype not in ("application/json", "") and not ctype.endswith("+json"):
+        raise InvalidRequestError(f"unsupported content-type {ctype!r}: send application/json")
+    raw = await request.body()
+    if not raw:
+        raise InvalidRequestError("the request body is empty: send a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequestError("the request body is not valid UTF-8") from None
+    if _nesting_depth(text) > _MAX_DEPTH:
+        raise InvalidRequestError(f"the request body is nested deeper than {_MAX_DEPTH} levels")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
+
+
+def _nesting_depth(text: str) -> int:
+    # A cheap upper bound (brackets inside strings count too): refuses pathological bodies
+    # before json.loads can recurse on them.
+    depth = best = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            best = max(best, depth)
+        elif ch in "]}":
+            depth -= 1
+    return best
+
+
+async def load_model(
+    state: ServerState, request: Request, name: str, protocol: type[M], endpoint: str
+) -> M:
+    """The loaded model ``name``, checked to serve ``endpoint``.
+
+    Raises:
+        ModelNotFoundError: unknown model. InvalidRequestError: it does not serve ``endpoint``.
+    """
+    request.scope.setdefault("state", {})["model"] = state.loader.resolve_name(name).alias
+    model = await state.loader.get(name)
+    if not isinstance(model, protocol):
+        raise InvalidRequestError(
+            f"model {name!r} ({model.info.task}) does not serve {endpoint}; "
+            f"it serves {', '.join(model.info.endpoints) or 'no OpenAI endpoint'}",
+            param="model",
+            code="model_not_supported",
+        )
+    return model
+
+
+async def run_until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work`` but cancel it if the client disconnects first.
+
+    Raises:
+        ClientDisconnectedError: the client went away; ``work`` was cancelled.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+        watcher.cancel()
+    if task.cancelled() or (not task.done()):
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientDisconnectedError
+    return task.result()
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def json_response(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A compact JSON response."""
+    return Response(
+        _dumps(payload), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def _dumps(payload: Any) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+async def cached_json(
+    state: ServerState,
+    model: str,
+    cache_request: dict[str, Any] | None,
+    produce: Callable[[], Awaitable[dict[str, Any]]],
+    refresh: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> Response:
+    """Serve from the response cache when ``cache_request`` is given (deterministic), else run.
+
+    Sets ``x-cache: hit|miss`` on cacheable requests. ``refresh`` rewrites volatile fields
+    (ids, timestamps) of a cached body.
+    """
+    cache = state.response_cache
+    if cache is None or cache_request is None:
+        return json_response(await produce())
+    key = make_cache_key(model, cache_request, namespace=state.loader.version_of(model))
+    hit = await cache.get(key)
+    if hit is not None:
+        state.metrics.cache_hits.inc()
+        body = json.loads(hit)
+        return json_response(refresh(body) if refresh else body, headers={"x-cache": "hit"})
+    state.metrics.cache_misses.inc()
+    payload = await produce()
+    await cache.put(key, _dumps(payload))
+    return json_response(payload, headers={"x-cache": "miss"})
+
+
+async def charge_tokens(state: ServerState, request: Request, tokens: int) -> None:
+    """Debit the tokens a request really used from its key's tokens/min budget."""
+    ctx = request.scope.get("state", {})
+    limits = ctx.get("rate_limits")
+    if limits is None or not limits.tokens_per_minute or tokens <= 0:
+        return
+    await state.rate_limiter.charge(ctx["rate_subject"], limits, tokens)
+
+
+def now_ts() -> int:
+    """Unix time in whole seconds, for ``created`` fields."""
+    return int(time.time())

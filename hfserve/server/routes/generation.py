@@ -1,0 +1,395 @@
+"""``/v1/chat/completions`` and ``/v1/completions``: one generation path, streamed or not.
+
+Both routes turn their body into prompt token ids and then share everything else: limits,
+``n`` choices, the continuous-batching engine, SSE streaming, usage, caching and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from hfserve.errors import HfServeError, InvalidRequestError
+from hfserve.server.errors import error_body, status_for
+from hfserve.server.requests import (
+    cached_json,
+    charge_tokens,
+    load_model,
+    now_ts,
+    read_json,
+    run_until_disconnect,
+    server_state,
+)
+from hfserve.server.schemas import ChatCompletionRequest, CompletionRequest, _Sampling, parse_body
+from hfserve.server.state import ServerState
+from hfserve.skills.base import GenerationChunk, GenerationModel, GenerationRequest
+
+__all__ = ["chat_completions", "completions"]
+
+log = logging.getLogger("hfserve.server")
+Kind = Literal["chat", "text"]
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass
+class _Choice:
+    index: int
+    text: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One generation request as the route sees it."""
+
+    kind: Kind
+    model_name: str
+    model: GenerationModel
+    body: _Sampling
+    prompts: list[list[int]]
+    max_new_tokens: int
+    started: float
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p) for p in self.prompts)
+
+    def requests(self) -> list[tuple[int, GenerationRequest]]:
+        """Every (choice index, engine request): ``n`` per prompt, seeds offset per choice."""
+        body = self.body
+        out = []
+        for p_index, prompt in enumerate(self.prompts):
+            for j in range(body.n):
+                out.append(
+                    (
+                        p_index * body.n + j,
+                        GenerationRequest(
+                            prompt_ids=prompt,
+                            max_new_tokens=self.max_new_tokens,
+                            temperature=1.0 if body.temperature is None else body.temperature,
+                            top_p=1.0 if body.top_p is None else body.top_p,
+                            seed=None if body.seed is None else body.seed + j,
+                            stop=body.stop_sequences(),
+                            ignore_eos=body.ignore_eos,
+                            min_tokens=body.min_tokens,
+                        ),
+                    )
+                )
+        return out
+
+
+async def chat_completions(request: Request) -> Response:
+    """Create a chat completion (optionally streamed as server-sent events)."""
+    started = time.perf_counter()
+    state = server_state(request)
+    body = parse_body(ChatCompletionRequest, await read_json(request))
+    model = await load_model(state, request, body.model, GenerationModel, "/v1/chat/completions")
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    prompt_ids = model.encode(model.render_chat(messages))
+    job = _make_job(state, "chat", body, model, [prompt_ids], body.max_new_tokens(), started)
+    return await _respond(request, state, job)
+
+
+async def completions(request: Request) -> Response:
+    """Create a text completion for one or more prompts (optionally streamed)."""
+    started = time.perf_counter()
+    state = server_state(request)
+    body = parse_body(CompletionRequest, await read_json(request))
+    prompts = body.prompts()
+    if len(prompts) * body.n > state.settings.max_inputs:
+        raise InvalidRequestError(
+            f"too many prompts: {len(prompts)} x n={body.n} (this server allows {state.settings.max_inputs})",
+            param="prompt",
+        )
+    model = await load_model(state, request, body.model, GenerationModel, "/v1/completions")
+    vocab = getattr(model, "vocab_size", None)
+    ids: list[list[int]] = []
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            ids.append(model.encode(prompt))
+            continue
+        if not prompt:
+            raise InvalidRequestError("prompt token lists must not be empty", param="prompt")
+        if any(t < 0 or (vocab is not None and t >= vocab) for t in prompt):
+            raise InvalidRequestError(
+                f"prompt token ids must be in [0, {vocab if vocab is not None else 'vocab size'})",
+                param="prompt",
+            )
+        ids.append(prompt)
+    job = _make_job(state, "text", body, model, ids, body.max_tokens, started)
+    return await _respond(request, state, job)
+
+
+def _make_job(
+    state: ServerState,
+    kind: Kind,
+    body: _Sampling,
+    model: GenerationModel,
+    prompts: list[list[int]],
+    requested: int | None,
+    started: float,
+) -> _Job:
+    limit = state.settings.max_tokens_limit
+    param = (
+        "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
+    )
+    if requested is not None and requested > limit:
+        raise InvalidRequestError(
+            f"{param} is {requested}, more than this server allows ({limit})", param=param
+        )
+    context = model.max_input_tokens
+    prompt_limit = state.settings.max_prompt_tokens or context
+    longest = max(len(p) for p in prompts)
+    where = "messages" if kind == "chat" else "prompt"
+    if longest > prompt_limit or longest >= context:
+        raise InvalidRequestError(
+            f"the {where} is {longest} tokens long; this model's maximum context length is "
+            f"{context} tokens"
+            + (
+                f" and this server allows {prompt_limit} prompt tokens"
+                if prompt_limit < context
+                else ""
+            ),
+            param=where,
+            code="context_length_exceeded",
+        )
+    if requested is None:
+        max_new = min(limit, context - longest)
+    elif longest + requested > context:
+        raise InvalidRequestError(
+            f"this model's maximum context length is {context} tokens, but you requested "
+            f"{longest + requested} tokens ({longest} in the {where}, {requested} in the completion); "
+            f"reduce the {where} or {param}",
+            param=param,
+            code="context_length_exceeded",
+        )
+    else:
+        max_new = requested
+    return _Job(kind, body.model, model, body, prompts, max_new, started)
+
+
+async def _respond(request: Request, state: ServerState, job: _Job) -> Response:
+    body = job.body
+    if body.stream:
+        return StreamingResponse(
+            _sse(request, state, job), media_type="text/event-stream", headers=_SSE_HEADERS
+        )
+
+    async def produce() -> dict[str, Any]:
+        choices = await run_until_disconnect(request, _collect(state, job))
+        completion = sum(c.completion_tokens for c in choices)
+        await charge_tokens(state, request, job.prompt_tokens + completion)
+        return _final_body(job, choices, completion)
+
+    deterministic = body.temperature == 0 and body.n == 1
+    cache_request = (
+        body.model_dump(mode="json", exclude={"user", "stream", "stream_options", "seed"})
+        | {"endpoint": job.kind}
+        if deterministic
+        else None
+    )
+    return await cached_json(state, job.model_name, cache_request, produce, _refresh)
+
+
+def _refresh(payload: dict[str, Any]) -> dict[str, Any]:
+    prefix = "chatcmpl-" if payload.get("object") == "chat.completion" else "cmpl-"
+    return payload | {"id": prefix + uuid.uuid4().hex, "created": now_ts()}
+
+
+def _final_body(job: _Job, choices: Sequence[_Choice], completion: int) -> dict[str, Any]:
+    usage = {
+        "prompt_tokens": job.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": job.prompt_tokens + completion,
+    }
+    if job.kind == "chat":
+        return {
+            "id": "chatcmpl-" + uuid.uuid4().hex,
+            "object": "chat.completion",
+            "created": now_ts(),
+            "model": job.model_name,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": c.index,
+                    "message": {"role": "assistant", "content": "".join(c.text)},
+                    "logprobs": None,
+                    "finish_reason": c.finish_reason,
+                }
+                for c in choices
+            ],
+            "usage": usage,
+        }
+    return {
+        "id": "cmpl-" + uuid.uuid4().hex,
+        "object": "text_completion",
+        "created": now_ts(),
+        "model": job.model_name,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": c.index,
+                "text": "".join(c.text),
+                "logprobs": None,
+                "finish_reason": c.finish_reason,
+            }
+            for c in choices
+        ],
+        "usage": usage,
+    }
+
+
+async def _collect(state: ServerState, job: _Job) -> list[_Choice]:
+    choices = {index: _Choice(index) for index, _ in job.requests()}
+    async for index, chunk in _merged(state, job):
+        choice = choices[index]
+        choice.text.append(chunk.text)
+        choice.completion_tokens = chunk.completion_tokens
+        if chunk.finish_reason is not None:
+            choice.finish_reason = chunk.finish_reason
+    return [choices[i] for i in sorted(choices)]
+
+
+async def _merged(state: ServerState, job: _Job) -> AsyncIterator[tuple[int, GenerationChunk]]:
+    """Chunks of every choice as they come; records TTFT/ITL/token metrics; cancels on exit."""
+    metrics, name = state.metrics, job.model_name
+    metrics.prompt_tokens.labels(name).inc(job.prompt_tokens)
+    first = True
+    last_at: dict[int, float] = {}
+    async for index, chunk in _interleave(job):
+        if chunk.token_ids:
+            now = time.perf_counter()
+            if first:
+                metrics.ttft.labels(name).observe(now - job.started)
+                first = False
+            if index in last_at:
+                metrics.itl.labels(name).observe((now - last_at[index]) / len(chunk.token_ids))
+            last_at[index] = now
+            metrics.generation_tokens.labels(name).inc(len(chunk.token_ids))
+        yield index, chunk
+
+
+async def _interleave(job: _Job) -> AsyncIterator[tuple[int, GenerationChunk]]:
+    pairs = job.requests()
+    if len(pairs) == 1:
+        index, req = pairs[0]
+        async with contextlib.aclosing(job.model.generate(req)) as stream:
+            async for chunk in stream:
+                yield index, chunk
+        return
+    queue: asyncio.Queue[tuple[int, GenerationChunk] | BaseException | None] = asyncio.Queue()
+
+    async def pump(index: int, req: GenerationRequest) -> None:
+        try:
+            async with contextlib.aclosing(job.model.generate(req)) as stream:
+                async for chunk in stream:
+                    await queue.put((index, chunk))
+        except Exception as exc:
+            await queue.put(exc)
+        finally:
+            await queue.put(None)
+
+    tasks = [asyncio.ensure_future(pump(i, r)) for i, r in pairs]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _sse(request: Request, state: ServerState, job: _Job) -> AsyncIterator[bytes]:
+    body = job.body
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    chat = job.kind == "chat"
+    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+    created = now_ts()
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    completion: dict[int, int] = {}
+
+    def event(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+        payload: dict[str, Any] = {
+            "id": rid,
+            "object": obj,
+            "created": created,
+            "model": job.model_name,
+            "system_fingerprint": None,
+            "choices": choices,
+        }
+        if include_usage:
+            payload["usage"] = usage
+        return (
+            b"data: "
+            + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+            + b"\n\n"
+        )
+
+    def choice(
+        index: int, text: str | None, finish: str | None, role: bool = False
+    ) -> dict[str, Any]:
+        if not chat:
+            return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+        delta: dict[str, Any] = {}
+        if role:
+            delta["role"] = "assistant"
+        if text is not None:
+            delta["content"] = text
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+    try:
+        if chat:
+            yield event([choice(i, "", None, role=True) for i, _ in job.requests()])
+        async for index, chunk in _merged(state, job):
+            completion[index] = chunk.completion_tokens
+            if chunk.text or chunk.finish_reason is None:
+                yield event([choice(index, chunk.text, None)])
+            if chunk.finish_reason is not None:
+                yield event([choice(index, None if chat else "", chunk.finish_reason)])
+        total = sum(completion.values())
+        await charge_tokens(state, request, job.prompt_tokens + total)
+        if include_usage:
+            yield event(
+                [],
+                {
+                    "prompt_tokens": job.prompt_tokens,
+                    "completion_tokens": total,
+                    "total_tokens": job.prompt_tokens + total,
+                },
+            )
+        yield b"data: [DONE]\n\n"
+    except HfServeError as exc:
+        status, kind = status_for(exc)
+        log.warning("stream %s ended with %s (%d): %s", rid, exc.code, status, exc.message)
+        yield _error_event(error_body(exc.message, kind, param=exc.param, code=exc.code))
+    except Exception:
+        log.exception("stream %s failed", rid)
+        yield _error_event(
+            error_body(
+                "The server had an error while generating; the stream ended early.",
+                "server_error",
+                code="internal_error",
+            )
+        )
+
+
+def _error_event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\ndata: [DONE]\n\n"

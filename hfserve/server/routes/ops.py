@@ -1,0 +1,70 @@
+"""Operational routes: ``/health``, ``/ready``, ``/metrics``, ``/v1/models``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from hfserve.server.metrics import CONTENT_TYPE
+from hfserve.server.requests import json_response, server_state
+
+__all__ = ["get_model", "health", "list_models", "metrics", "ready"]
+
+
+async def health(request: Request) -> Response:
+    """Liveness: the process is up and its event loop answers."""
+    return json_response({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    """Readiness: 503 until preloaded models are loaded, while draining, or after a failed preload."""
+    state = server_state(request)
+    checks: dict[str, Any] = {"models_loaded": state.ready, "draining": state.draining}
+    if state.preload_error:
+        checks["error"] = state.preload_error
+    extra = getattr(state, "extra_ready_checks", None)
+    ok = state.ready and not state.draining
+    if extra is not None:
+        for name, healthy in (await extra()).items():
+            checks[name] = healthy
+            ok = ok and healthy
+    return json_response(
+        {"status": "ready" if ok else "not_ready", **checks}, status=200 if ok else 503
+    )
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    state = server_state(request)
+    state.refresh_gauges()
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def _model_card(state: Any, alias: str) -> dict[str, Any]:
+    spec = state.loader.specs[alias]
+    return {
+        "id": alias,
+        "object": "model",
+        "created": state.started_at,
+        "owned_by": "hfserve",
+        "source": spec.source,
+        "task": spec.task,
+        "loaded": state.loader.is_loaded(alias),
+        "pinned": spec.pinned,
+    }
+
+
+async def list_models(request: Request) -> Response:
+    """The models this server serves, with which are loaded and pinned."""
+    state = server_state(request)
+    data = [_model_card(state, alias) for alias in state.loader.specs]
+    return json_response({"object": "list", "data": data})
+
+
+async def get_model(request: Request) -> Response:
+    """One model's card; 404 ``model_not_found`` when unknown."""
+    state = server_state(request)
+    alias = state.loader.resolve_name(request.path_params["model"]).alias
+    return json_response(_model_card(state, alias))

@@ -1,0 +1,124 @@
+"""Everything one running server shares across requests, built once by ``create_app``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hfserve.core.rate_limiter import RateLimiter, RateLimits
+from hfserve.core.response_cache import ResponseCache
+from hfserve.errors import ShuttingDownError
+from hfserve.server.metrics import BREAKER_STATE_VALUES, Metrics
+from hfserve.settings import Settings
+
+if TYPE_CHECKING:
+    from hfserve.runtime.loader import ModelLoader
+
+    from hfserve.core.keystore import ApiKey, KeyStore
+
+__all__ = ["ServerState"]
+
+log = logging.getLogger("hfserve.server")
+
+
+@dataclass
+class ServerState:
+    """Shared state of one server: its components and its lifecycle flags."""
+
+    settings: Settings
+    loader: ModelLoader
+    keystore: KeyStore
+    rate_limiter: RateLimiter
+    response_cache: ResponseCache | None
+    metrics: Metrics
+    ready: bool = False
+    draining: bool = False
+    preload_error: str | None = None
+    in_flight: int = 0
+    started_at: int = 0
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._idle.set()
+
+    # --- auth and limits --------------------------------------------------------------------
+    def auth_enabled(self) -> bool:
+        """Whether requests must carry a key (re-evaluated: creating the first key turns it on)."""
+        if self.settings.auth is not None:
+            return self.settings.auth
+        return self.keystore.has_keys()
+
+    def limits_for(self, key: ApiKey | None) -> RateLimits:
+        """The key's own limits, else the configured defaults."""
+        rpm = key.rpm if key is not None and key.rpm is not None else self.settings.default_rpm
+        tpm = key.tpm if key is not None and key.tpm is not None else self.settings.default_tpm
+        return RateLimits(requests_per_minute=rpm, tokens_per_minute=tpm)
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def check_accepting(self) -> None:
+        """Refuse new work while draining.
+
+        Raises:
+            ShuttingDownError: the server is shutting down.
+        """
+        if self.draining:
+            raise ShuttingDownError(
+                "the server is shutting down; retry on another replica", retry_after=1
+            )
+
+    def request_started(self) -> None:
+        """Count a request in flight (drain waits for these)."""
+        self.in_flight += 1
+        self._idle.clear()
+        self.metrics.in_flight.set(self.in_flight)
+
+    def request_finished(self) -> None:
+        """A request in flight has ended."""
+        self.in_flight -= 1
+        self.metrics.in_flight.set(self.in_flight)
+        if self.in_flight <= 0:
+            self._idle.set()
+
+    def begin_drain(self) -> None:
+        """Turn readiness off and refuse new requests; in-flight ones continue."""
+        if not self.draining:
+            log.info(
+                "draining: /ready is 503, new requests are refused, %d in flight", self.in_flight
+            )
+        self.draining = True
+
+    async def wait_idle(self) -> None:
+        """Wait until no request is in flight (callers bound it with ``asyncio.timeout``)."""
+        await self._idle.wait()
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run a background task, keeping a strong reference until it ends."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def cancel_tasks(self) -> None:
+        """Cancel background tasks and wait for them."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- metrics ----------------------------------------------------------------------------
+    def refresh_gauges(self) -> None:
+        """Set the point-in-time gauges (queue depth, active generations, breakers) for a scrape."""
+        m = self.metrics
+        loaded = self.loader.loaded()
+        m.models_loaded.set(len(loaded))
+        for name in loaded:
+            model = self.loader.peek(name)
+            if model is None:
+                continue
+            m.queue_depth.labels(name).set(getattr(model, "queue_depth", 0))
+            m.active_generations.labels(name).set(getattr(model, "active_generations", 0))
+        for name, state in self.loader.breaker_states().items():
+            m.breaker_state.labels(name).set(BREAKER_STATE_VALUES.get(str(state), 0))
