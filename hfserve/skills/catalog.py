@@ -1,25 +1,10 @@
-"""Metadata of the built-in skills, importable without torch.
-
-``hfserve skills list`` and ``SkillRegistry.resolve`` read these; the skill modules (which
-load torch when they load a model) are imported only when a skill is used.
-"""
+"""The built-in skills: where they live, and the metadata of the encoder skills."""
 
 from __future__ import annotations
 
-from hfserve.skills.base import TASK_CLASSIFICATION, TASK_EMBEDDINGS, TASK_GENERATION, SkillInfo
+from hfserve.skills.base import TASK_CLASSIFICATION, TASK_EMBEDDINGS, SkillInfo
 
-__all__ = ["BUILTIN_SKILLS", "CLASSIFICATION_INFO", "EMBEDDINGS_INFO", "GENERATION_INFO"]
-
-GENERATION_INFO = SkillInfo(
-    name="text-generation",
-    task=TASK_GENERATION,
-    architectures=("*ForCausalLM", "*LMHeadModel"),
-    model_types=("gpt2", "llama", "qwen2", "qwen3", "mistral", "phi", "phi3", "gemma", "gemma2"),
-    endpoints=("/v1/chat/completions", "/v1/completions"),
-    description="Chat and completions from causal language models (GPT-2, Llama, Qwen, "
-    "Mistral, Phi, ...) with continuous batching, streaming and per-request sampling.",
-    version="1",
-)
+__all__ = ["BUILTIN_SKILLS", "CLASSIFICATION_INFO", "EMBEDDINGS_INFO"]
 
 EMBEDDINGS_INFO = SkillInfo(
     name="embeddings",
@@ -54,9 +39,10 @@ CLASSIFICATION_INFO = SkillInfo(
     version="1",
 )
 
-# (metadata, "module:attribute" of the skill class), in resolution priority order.
-BUILTIN_SKILLS: tuple[tuple[SkillInfo, str], ...] = (
-    (GENERATION_INFO, "hfserve.skills.text_generation:TextGenerationSkill"),
-    (EMBEDDINGS_INFO, "hfserve.skills.embeddings:EmbeddingsSkill"),
-    (CLASSIFICATION_INFO, "hfserve.skills.classification:ClassificationSkill"),
+# "module:class" of each built-in skill, in resolution priority order. Skill modules must stay
+# light at import time (torch is imported inside ``load``): listing skills imports them.
+BUILTIN_SKILLS: tuple[str, ...] = (
+    "hfserve.skills.text_generation:TextGenerationSkill",
+    "hfserve.skills.embeddings:EmbeddingsSkill",
+    "hfserve.skills.classification:ClassificationSkill",
 )

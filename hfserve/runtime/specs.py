@@ -1,0 +1,54 @@
+"""``ModelSpec``: one model the server offers, parsed from ``--model [ALIAS=]PATH_OR_ID``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hfserve.errors import ConfigError
+
+__all__ = ["ModelSpec", "parse_model_spec"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A servable model: the name clients use, where it comes from, and how it is treated.
+
+    ``build``, when set, creates the folder ``source`` before the first load (the offline demo
+    chat model); it runs in the loader's worker thread and must be idempotent.
+    """
+
+    alias: str
+    source: str
+    task: str | None = None
+    pinned: bool = True
+    label: str = ""
+    build: Callable[[Path], Path] | None = field(default=None, compare=False, repr=False)
+
+
+def _default_alias(source: str) -> str:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path.resolve().name
+    # A Hub id keeps its namespace ("Qwen/Qwen2.5-0.5B-Instruct"): that is what clients know.
+    return source.rstrip("/")
+
+
+def parse_model_spec(text: str, *, task: str | None = None, pinned: bool = True) -> ModelSpec:
+    """Parse ``[ALIAS=]PATH_OR_ID``; the alias defaults to the folder name or the Hub id.
+
+    Raises:
+        ConfigError: the text is empty or the alias or source part is empty.
+    """
+    raw = text.strip()
+    alias, sep, source = raw.partition("=")
+    if not sep or Path(raw).expanduser().is_dir():
+        # A folder whose name holds "=" is still just a folder.
+        alias, sep, source = "", "", raw
+    alias, source = alias.strip(), source.strip()
+    if not source or (sep and not alias):
+        raise ConfigError(f"bad model {text!r}: use PATH_OR_ID or ALIAS=PATH_OR_ID")
+    if source.startswith("~"):
+        source = str(Path(source).expanduser())
+    return ModelSpec(alias=alias or _default_alias(source), source=source, task=task, pinned=pinned)
