@@ -15,6 +15,8 @@ from hfserve.cli.errors import exit_code_for
 from hfserve.cli.hardware import hardware_command
 from hfserve.cli.k8s import k8s_app
 from hfserve.cli.keys import keys_app
+from hfserve.cli.models import models_app
+from hfserve.cli.skills import skills_app
 from hfserve.errors import HfServeError
 
 __all__ = ["app", "main"]
@@ -52,6 +54,8 @@ def _root(
 
 app.command("hardware")(hardware_command)
 app.add_typer(keys_app, name="keys")
+app.add_typer(skills_app, name="skills")
+app.add_typer(models_app, name="models")
 app.add_typer(k8s_app, name="k8s")
 
 
