@@ -201,10 +201,10 @@ class KeyStore:
             return bool(self._by_id)
 
     def list(self) -> _Keys:
-        """Every key record, oldest first."""
+        """Every key record in creation order (the file's order)."""
         self._maybe_reload()
         with self._mutex:
-            return sorted(self._by_id.values(), key=lambda k: (k.created_at, k.id))
+            return [*self._by_id.values()]
 
     def get(self, key_id: str) -> ApiKey:
         """The record with this id.
