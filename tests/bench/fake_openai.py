@@ -8,7 +8,6 @@ real SSE framing, no timing assertions).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import threading
@@ -143,7 +142,6 @@ class Behaviour:
 
     statuses: list[int] = field(default_factory=lambda: [200])
     tokens: int = 4
-    chunk_delay: float = 0.0
     seen: list[dict[str, Any]] = field(default_factory=list)
     auth: list[str | None] = field(default_factory=list)
 
@@ -170,9 +168,7 @@ def _app(behaviour: Behaviour) -> Starlette:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         async def events() -> AsyncIterator[bytes]:
-            for i in range(behaviour.tokens):
-                if i and behaviour.chunk_delay:
-                    await asyncio.sleep(behaviour.chunk_delay)
+            for _ in range(behaviour.tokens):
                 yield sse(chunk(endpoint, "tok"))
             if include_usage:
                 yield sse({"choices": [], "usage": usage(5, behaviour.tokens)})
@@ -223,7 +219,7 @@ class FakeServer:
     def reset(self) -> Behaviour:
         """Forget earlier requests and restore the default behaviour."""
         fresh = Behaviour()
-        for name in ("statuses", "tokens", "chunk_delay", "seen", "auth"):
+        for name in ("statuses", "tokens", "seen", "auth"):
             setattr(self.behaviour, name, getattr(fresh, name))
         return self.behaviour
 

@@ -32,6 +32,7 @@ async def test_sse_parser_handles_comments_multiline_and_missing_final_blank() -
         _lines(": keep-alive", "", "event: x", 'data: {"a":', "data:1}", "", "id: 3", "data: last")
     )
     assert events == ['{"a":\n1}', "last"]
+    assert await _collect(_lines("data: one", "", "")) == ["one"]
 
 
 def _client(
@@ -138,6 +139,7 @@ async def _send_with(transport: httpx.AsyncBaseTransport, **kwargs: object) -> R
         (httpx.Response(502, text=""), "HTTP 502", None),
         (httpx.Response(400, json={"detail": "bad field"}), "HTTP 400", "bad field"),
         (httpx.Response(400, json=["odd"]), "HTTP 400", '["odd"]'),
+        (httpx.Response(400, json={"error": {"code": 5}}), "HTTP 400", '{"error":{"code":5}}'),
         (httpx.Response(400, text="x" * 500), "HTTP 400", "x" * 197 + "..."),
         (httpx.Response(200, text="not json"), INVALID_RESPONSE, "not JSON: not json"),
         (httpx.Response(200, json=[1, 2]), INVALID_RESPONSE, "not a JSON object: [1,2]"),
@@ -183,6 +185,13 @@ async def test_odd_but_valid_chunks_carry_no_tokens() -> None:
     record = await _send_with(_fixed(response))
     assert record.ok is True
     assert record.output_tokens == 1  # a boolean count is ignored; one chunk had text
+
+
+async def test_a_stream_that_ends_without_done_still_counts() -> None:
+    stream = sse({"choices": [{"text": "a"}]}) + sse({"choices": [{"text": "b"}]})
+    response = httpx.Response(200, headers={"content-type": "text/event-stream"}, content=stream)
+    record = await _send_with(_fixed(response), endpoint=Endpoint.COMPLETIONS)
+    assert record.ok and record.output_tokens == 2 and len(record.itl) == 1
 
 
 async def test_non_stream_message_shapes() -> None:
