@@ -11,6 +11,7 @@ import sys
 import typer
 
 from hfserve._version import __version__
+from hfserve.cli.bench import bench_command
 from hfserve.cli.errors import exit_code_for
 from hfserve.cli.hardware import hardware_command
 from hfserve.cli.k8s import k8s_app
@@ -57,6 +58,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(skills_app, name="skills")
 app.add_typer(models_app, name="models")
 app.add_typer(k8s_app, name="k8s")
+app.command("bench")(bench_command)
 
 
 def main(argv: list[str] | None = None) -> None:
