@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.redis_server import redis_server, redis_server_module  # noqa: F401
 from tests.fixtures.tiny_models import TinyModels, build_tiny_models
 
 # No test may reach the Hub: everything is built locally.
@@ -20,3 +21,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     """Tiny GPT-2, Llama, BERT and BERT-classifier folders, built once per session."""
     return build_tiny_models(Path(tmp_path_factory.mktemp("tiny-models")))
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A site dir with the test skill plugin (tests/plugin_dist) pip-installed, offline."""
+    import subprocess
+    import sys
+
+    target = tmp_path_factory.mktemp("plugin-site")
+    source = Path(__file__).parent / "plugin_dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--no-index", "--target", str(target), str(source)],
+        check=True, capture_output=True,
+    )
+    return target
+
+
+@pytest.fixture
+def echo_plugin(plugin_site: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Put the installed test plugin on sys.path and PYTHONPATH for this test only."""
+    monkeypatch.syspath_prepend(str(plugin_site))
+    existing = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(plugin_site), existing])))
+    return plugin_site

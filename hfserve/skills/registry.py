@@ -223,9 +223,9 @@ class SkillRegistry:
         return f"skills: {skills}; tasks: {', '.join(self.tasks())}"
 
     def _resolve_task(self, model: str, task: str, entries: dict[str, _Entry]) -> Skill:
-        if task in entries:
-            return self.get(task)
         candidates = [e for e in entries.values() if e.info.task == task]
+        if not candidates and task in entries:
+            return self.get(task)  # a skill name given as the task
         if not candidates:
             raise SkillNotFoundError(f"no skill for task {task!r}; {self._available()}")
         if len(candidates) > 1:
@@ -244,14 +244,16 @@ class SkillRegistry:
             for entry in entries:
                 if entry.info.task == TASK_EMBEDDINGS:
                     return entry.info.name
-        best: tuple[int, str] | None = None
+        best: tuple[int, int, str] | None = None
         for arch in facts.architectures:
             for entry in entries:
                 ok, score = _pattern_matches(entry.info.architectures, arch)
-                if ok and (best is None or score > best[0]):
-                    best = (score, entry.info.name)
+                # On a tie a plugin beats a built-in: installing it was a deliberate choice.
+                rank = (score, 0 if entry.info.source == "builtin" else 1)
+                if ok and (best is None or rank > best[:2]):
+                    best = (*rank, entry.info.name)
         if best is not None:
-            return best[1]
+            return best[2]
         if facts.model_type:
             for entry in entries:
                 if _pattern_matches(entry.info.model_types, facts.model_type)[0]:
