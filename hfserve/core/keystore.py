@@ -131,7 +131,9 @@ class KeyStore:
     def _maybe_reload(self) -> None:
         with self._mutex:
             now = self._clock.now()
-            if self._loaded and now < self._next_check:
+            # The lower bound matters for wall clocks stepped backwards (NTP): without it a
+            # server could stop noticing revocations until the clock caught up again.
+            if self._loaded and self._next_check - self._reload_interval <= now < self._next_check:
                 return
             self._next_check = now + self._reload_interval
             signature = self._stat()

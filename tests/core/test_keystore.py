@@ -428,3 +428,25 @@ def test_concurrent_writers_lose_no_keys(path: Path, clock: FakeClock) -> None:
         ids = [key_id for batch in pool.map(writer, range(4)) for key_id in batch]
     assert sorted(r.id for r in KeyStore(path, clock=clock).list()) == sorted(ids)
     assert len(ids) == 40
+
+
+class SteppedClock:
+    """A wall clock that an operator (or NTP) can step backwards."""
+
+    def __init__(self, now: float) -> None:
+        self.value = now
+
+    def now(self) -> float:
+        return self.value
+
+
+def test_a_clock_stepped_backwards_does_not_stall_reloads(path: Path) -> None:
+    clock = SteppedClock(T0)
+    writer = KeyStore(path, clock=clock)
+    server = KeyStore(path, clock=clock, reload_interval=0.25)
+    record, key = writer.create("a")
+    assert server.verify(key) == record
+    clock.value = T0 - 3600
+    writer.revoke(record.id)
+    with pytest.raises(AuthError, match="revoked"):
+        server.verify(key)

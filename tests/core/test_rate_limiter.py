@@ -306,7 +306,7 @@ class LimiterMachine(RuleBasedStateMachine):
 def _assert_windows(admitted: Sequence[tuple[float, int, int]], index: int, budget: int) -> None:
     """Every window [t_i, t_j] admits at most capacity + refill * (t_j - t_i)."""
     for i, start in enumerate(admitted):
-        total = 0
+        total = 0.0
         for end in admitted[i:]:
             total += end[index]
             allowance = budget + budget / 60.0 * (end[0] - start[0])
