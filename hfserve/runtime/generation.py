@@ -266,6 +266,7 @@ class GenerationEngine:
         self._eos_ids = tuple(sorted({int(i) for i in eos_token_ids if int(i) >= 0}))
         self._options = options
         self._max_context = max_context
+        self._vocab_size = 0
         self._capacity = options.max_concurrent_generations + options.max_queue
         self._manager: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -327,6 +328,7 @@ class GenerationEngine:
             raise ModelLoadError(
                 f"{type(self._model).__name__} does not support transformers' continuous batching"
             )
+        self._vocab_size = int(self._model.get_input_embeddings().num_embeddings)
         config = GenerationConfig(  # type: ignore[no-untyped-call]
             do_sample=False, eos_token_id=list(self._eos_ids) or -1, max_new_tokens=16
         )
@@ -379,6 +381,11 @@ class GenerationEngine:
     def _check_request(self, request: GenerationRequest) -> None:
         if not request.prompt_ids:
             raise InvalidRequestError("the prompt is empty", param="prompt")
+        if not all(0 <= i < self._vocab_size for i in request.prompt_ids):
+            # An out-of-range id would crash the shared decoding step for every request.
+            raise InvalidRequestError(
+                f"prompt token ids must be in [0, {self._vocab_size})", param="prompt"
+            )
         if request.max_new_tokens < 1:
             raise InvalidRequestError("max_tokens must be at least 1", param="max_tokens")
         total = len(request.prompt_ids) + request.max_new_tokens
@@ -403,9 +410,6 @@ class GenerationEngine:
         manager = self._manager
         if manager is None or self._closing:
             raise ShuttingDownError("the generation engine is not running")
-        fatal = manager.background_thread_status.fatal_error
-        if fatal is not None or not manager.is_running():
-            raise InferenceError(f"the generation engine stopped: {fatal or 'thread exited'}")
         self._check_request(request)
         if len(self._entries) >= self._capacity:
             raise OverloadedError(
@@ -434,8 +438,11 @@ class GenerationEngine:
             **{_SLOT_KWARG: slot},
         )
         if added is None:
+            # The manager refuses work only once its thread is stopping: it died, since our
+            # own shutdown is refused above.
             self._forget(request_id)
-            raise ShuttingDownError("the generation engine is stopping")
+            fatal = manager.background_thread_status.fatal_error
+            raise InferenceError(f"the generation engine stopped: {fatal or 'thread exiting'}")
         self.stats.submitted += 1
         return TokenStream(self, request_id, entry, len(request.prompt_ids))
 

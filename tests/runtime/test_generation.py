@@ -1,0 +1,328 @@
+"""The continuous-batching generation engine on the tiny GPT-2 and Llama models."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hfserve.errors import (
+    InferenceError,
+    InvalidRequestError,
+    ModelLoadError,
+    OverloadedError,
+    ShuttingDownError,
+)
+from hfserve.runtime.generation import GenerationEngine, TokenEvent, TokenStream
+from hfserve.skills.base import GenerationRequest, RuntimeOptions
+from tests.fixtures.tiny_models import TinyModels
+
+pytestmark = pytest.mark.slow
+
+HANG_GUARD = 60  # seconds; only trips if the engine hangs
+PROMPT = "hello world, this is a tiny corpus"
+
+
+def _load(path: Path) -> Any:
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def _prompt(path: Path, text: str = PROMPT) -> list[int]:
+    return list(AutoTokenizer.from_pretrained(path).encode(text))
+
+
+def _reference(path: Path, prompt: list[int], n: int) -> list[int]:
+    """Greedy tokens from ``model.generate`` (EOS disabled so exactly ``n`` come back)."""
+    model = _load(path)
+    out = model.generate(
+        torch.tensor([prompt]), do_sample=False, max_new_tokens=n, min_new_tokens=n
+    )
+    return [int(t) for t in out[0, len(prompt) :]]
+
+
+async def _engine(path: Path, **options: Any) -> GenerationEngine:
+    eos = options.pop("eos_token_ids", [2])
+    engine = GenerationEngine(
+        _load(path), eos_token_ids=eos, options=RuntimeOptions(**options), max_context=256
+    )
+    await engine.start()
+    return engine
+
+
+async def _collect(stream: AsyncIterator[TokenEvent]) -> tuple[list[int], str | None]:
+    tokens: list[int] = []
+    reason = None
+    async with asyncio.timeout(HANG_GUARD):
+        async for event in stream:
+            tokens.extend(event.token_ids)
+            reason = event.finish_reason
+    return tokens, reason
+
+
+def _greedy(prompt: list[int], n: int, **kw: Any) -> GenerationRequest:
+    return GenerationRequest(prompt_ids=prompt, max_new_tokens=n, temperature=0.0, **kw)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+async def test_greedy_tokens_equal_model_generate(tiny_models: TinyModels, name: str) -> None:
+    path = getattr(tiny_models, name)
+    prompt = _prompt(path)
+    expected = _reference(path, prompt, 12)
+    engine = await _engine(path)
+    try:
+        tokens, reason = await _collect(engine.submit(_greedy(prompt, 12, ignore_eos=True)))
+    finally:
+        await engine.aclose()
+    assert tokens == expected
+    assert reason == "length"
+
+
+async def test_concurrent_greedy_and_sampled_keep_their_own_parameters(
+    tiny_models: TinyModels,
+) -> None:
+    path = tiny_models.llama
+    prompt = _prompt(path)
+    other = _prompt(path, "the quick brown fox")
+    expected = _reference(path, prompt, 16)
+    engine = await _engine(path)
+    sampled = GenerationRequest(
+        prompt_ids=prompt, max_new_tokens=16, temperature=1.0, top_p=0.9, seed=1234, ignore_eos=True
+    )
+    try:
+        # Greedy and sampled requests share every decoding step.
+        greedy_run, sampled_run, _ = await asyncio.gather(
+            _collect(engine.submit(_greedy(prompt, 16, ignore_eos=True))),
+            _collect(engine.submit(sampled)),
+            _collect(engine.submit(_greedy(other, 8, ignore_eos=True))),
+        )
+        # The same seed again, now next to different neighbours, and a different seed.
+        again, _ = await asyncio.gather(
+            _collect(engine.submit(sampled)),
+            _collect(engine.submit(_greedy(other, 3, ignore_eos=True))),
+        )
+        other_seed = await _collect(
+            engine.submit(
+                GenerationRequest(
+                    prompt_ids=prompt,
+                    max_new_tokens=16,
+                    temperature=1.0,
+                    top_p=0.9,
+                    seed=99,
+                    ignore_eos=True,
+                )
+            )
+        )
+    finally:
+        await engine.aclose()
+    assert greedy_run[0] == expected
+    assert sampled_run[0] != expected  # it really sampled
+    assert again == sampled_run
+    assert other_seed[0] != sampled_run[0]
+
+
+async def test_seeded_sampling_is_reproducible_across_engines(tiny_models: TinyModels) -> None:
+    path = tiny_models.gpt2
+    prompt = _prompt(path)
+    request = GenerationRequest(
+        prompt_ids=prompt, max_new_tokens=10, temperature=0.8, top_p=0.5, seed=7, ignore_eos=True
+    )
+    runs = []
+    for _ in range(2):
+        engine = await _engine(path)
+        try:
+            runs.append(await _collect(engine.submit(request)))
+        finally:
+            await engine.aclose()
+    assert runs[0] == runs[1]
+    assert len(runs[0][0]) == 10
+
+
+async def test_cancelled_request_stops_consuming_decode_steps(tiny_models: TinyModels) -> None:
+    path = tiny_models.llama
+    prompt = _prompt(path)
+    engine = await _engine(path)
+    try:
+        doomed = engine.submit(_greedy(prompt, 200, ignore_eos=True))
+        survivor = engine.submit(_greedy(prompt, 40, ignore_eos=True))
+        async with asyncio.timeout(HANG_GUARD):
+            first = await anext(doomed)
+            second = await anext(doomed)
+        assert first.token_ids and second.token_ids
+        await doomed.aclose()
+        assert engine.active == 1
+        tokens, reason = await _collect(survivor)
+        # The survivor kept decoding for dozens of steps; the cancelled request took part in
+        # at most the one step that was already planned when it was cancelled.
+        assert len(tokens) == 40
+        assert reason == "length"
+        assert engine.stats.cancelled == 1
+        assert engine.stats.rows_after_cancel <= 1
+        with pytest.raises(StopAsyncIteration):
+            await anext(doomed)
+    finally:
+        await engine.aclose()
+    assert engine.active == 0
+
+
+async def test_eos_stops_and_is_not_returned(tiny_models: TinyModels) -> None:
+    path = tiny_models.llama
+    prompt = _prompt(path)
+    expected = _reference(path, prompt, 12)
+    eos = expected[3]  # make the 4th greedy token the end of sequence
+    first = expected.index(eos)
+    engine = await _engine(path, eos_token_ids=[eos])
+    try:
+        stopped = await _collect(engine.submit(_greedy(prompt, 12)))
+        ignored = await _collect(engine.submit(_greedy(prompt, 12, ignore_eos=True)))
+        delayed, delayed_reason = await _collect(engine.submit(_greedy(prompt, 12, min_tokens=6)))
+    finally:
+        await engine.aclose()
+    assert stopped == (expected[:first], "stop")
+    assert ignored == (expected, "length")
+    # EOS could not be chosen before 6 tokens; the generation then went on its own way.
+    assert eos not in delayed[:6]
+    assert len(delayed) >= 6
+    assert delayed_reason in {"stop", "length"}
+
+
+async def test_finished_stream_ends_and_close_does_not_cancel(tiny_models: TinyModels) -> None:
+    path = tiny_models.gpt2
+    engine = await _engine(path)
+    try:
+        stream = engine.submit(_greedy(_prompt(path), 2, ignore_eos=True))
+        assert isinstance(stream, TokenStream)
+        assert stream.prompt_tokens == len(_prompt(path))
+        assert aiter(stream) is stream
+        tokens, _ = await _collect(stream)
+        await stream.aclose()
+        engine.cancel(stream.request_id)  # unknown by now: a no-op
+    finally:
+        await engine.aclose()
+    assert len(tokens) == 2
+    assert engine.stats.cancelled == 0
+    assert engine.stats.completed == 2  # the start-up probe and this request
+
+
+async def test_admission_is_bounded(tiny_models: TinyModels) -> None:
+    path = tiny_models.llama
+    prompt = _prompt(path)
+    engine = await _engine(path, max_concurrent_generations=1, max_queue=1)
+    try:
+        engine.submit(_greedy(prompt, 50, ignore_eos=True))
+        engine.submit(_greedy(prompt, 50, ignore_eos=True))
+        with pytest.raises(OverloadedError) as info:
+            engine.submit(_greedy(prompt, 5))
+        assert info.value.retry_after > 0
+        assert engine.active == 2
+    finally:
+        await engine.aclose()
+
+
+INVALID = [
+    ({"prompt_ids": []}, "prompt"),
+    ({"prompt_ids": [10_000]}, "prompt"),
+    ({"prompt_ids": [-1]}, "prompt"),
+    ({"max_new_tokens": 0}, "max_tokens"),
+    ({"max_new_tokens": 250}, "max_tokens"),
+    ({"temperature": -0.5}, None),
+    ({"top_p": 0.0}, None),
+]
+
+
+async def test_invalid_requests_are_refused(tiny_models: TinyModels) -> None:
+    path = tiny_models.gpt2
+    engine = await _engine(path)
+    params = []
+    try:
+        for request_kwargs, _ in INVALID:
+            fields: dict[str, Any] = {"prompt_ids": _prompt(path), "max_new_tokens": 4}
+            with pytest.raises(InvalidRequestError) as info:
+                engine.submit(GenerationRequest(**{**fields, **request_kwargs}))
+            params.append(info.value.param)
+    finally:
+        await engine.aclose()
+    assert params == [param for _, param in INVALID]
+    assert engine.stats.submitted == 1  # only the start-up probe
+
+
+async def test_aclose_fails_in_flight_and_refuses_new_work(tiny_models: TinyModels) -> None:
+    path = tiny_models.llama
+    prompt = _prompt(path)
+    engine = await _engine(path)
+    assert engine.running
+    assert engine.memory_bytes() > 0
+    stream = engine.submit(_greedy(prompt, 200, ignore_eos=True))
+    async with asyncio.timeout(HANG_GUARD):
+        await anext(stream)
+        await engine.aclose()
+    with pytest.raises(ShuttingDownError):
+        await _collect(stream)
+    assert not engine.running
+    assert engine.active == 0
+    assert engine.memory_bytes() == 0
+    with pytest.raises(ShuttingDownError):
+        engine.submit(_greedy(prompt, 2))
+    await engine.aclose()  # idempotent
+    with pytest.raises(ModelLoadError, match="closed"):
+        await engine.start()
+
+
+async def test_engine_thread_failure_fails_requests_and_later_submits(
+    tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tiny_models.gpt2
+    prompt = _prompt(path)
+    model = _load(path)
+    engine = GenerationEngine(model, eos_token_ids=[2], options=RuntimeOptions(), max_context=256)
+    await engine.start()
+    await engine.start()  # already running: a no-op
+
+    def broken_forward(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("device fell over")
+
+    monkeypatch.setattr(model, "forward", broken_forward)
+    try:
+        with pytest.raises(InferenceError, match="device fell over"):
+            await _collect(engine.submit(_greedy(prompt, 4)))
+        with pytest.raises(InferenceError, match="engine stopped"):
+            engine.submit(_greedy(prompt, 4))
+    finally:
+        await engine.aclose()
+    assert engine.stats.failed == 1
+
+
+async def test_start_fails_loudly_when_continuous_batching_cannot_run(
+    tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_cb = GenerationEngine(
+        torch.nn.Linear(2, 2), eos_token_ids=[2], options=RuntimeOptions(), max_context=8
+    )
+    with pytest.raises(ModelLoadError, match="does not support"):
+        await no_cb.start()
+
+    model = _load(tiny_models.llama)
+
+    def broken_forward(*args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("paged attention is not implemented for this layer")
+
+    monkeypatch.setattr(model, "forward", broken_forward)
+    engine = GenerationEngine(model, eos_token_ids=[], options=RuntimeOptions(), max_context=256)
+    with pytest.raises(ModelLoadError, match="continuous batching failed"):
+        await engine.start()
+    assert not engine.running
+
+
+async def test_bad_continuous_batching_config_is_a_load_error(tiny_models: TinyModels) -> None:
+    options = RuntimeOptions(
+        extra={"continuous_batching": {"scheduler_type": "fifo", "page_size": 2}}
+    )
+    engine = GenerationEngine(
+        _load(tiny_models.llama), eos_token_ids=[2], options=options, max_context=256
+    )
+    with pytest.raises(ModelLoadError, match="not available"):
+        await engine.start()
