@@ -112,6 +112,19 @@ class ModelLoader:
         """The alias of the default model (the first ``--model``)."""
         return next(iter(self.specs))
 
+    def add_model(self, spec: ModelSpec) -> None:
+        """Serve one more model (e.g. registered at runtime); ``spec.pinned`` decides whether
+        the cache may evict it.
+
+        Raises:
+            ConfigError: the alias is already served.
+        """
+        specs = self.specs
+        if spec.alias in specs:
+            raise ConfigError(f"model alias {spec.alias!r} is already served")
+        assert self._specs is not None
+        self._specs[spec.alias] = spec
+
     def resolve_name(self, name: str) -> ModelSpec:
         """The spec for a model alias or source (path or Hub id).
 

@@ -11,6 +11,7 @@ Nothing here imports torch: skill modules import it inside ``load``.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
 import fnmatch
 import importlib
@@ -305,6 +306,9 @@ class SkillRegistry:
             return None
         source = ep.dist.name if ep.dist is not None else "plugin"
         info = dataclasses.replace(skill.info, source=source)
+        with contextlib.suppress(AttributeError):
+            # So the models it loads (which copy ``skill.info``) say where they come from too.
+            skill.info = info
         return _Entry(info=info, skill=skill)
 
     def _record(self, ep: EntryPoint, message: str) -> None:

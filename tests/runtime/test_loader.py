@@ -1,0 +1,292 @@
+"""ModelLoader with fake skills: load once, cache, byte budget, pinning, breaker, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from hfserve.core.breaker import BreakerState
+from hfserve.core.clock import FakeClock
+from hfserve.errors import (
+    CircuitOpenError,
+    ConfigError,
+    ModelLoadError,
+    ModelNotFoundError,
+    OverloadedError,
+    ShuttingDownError,
+    SkillNotFoundError,
+)
+from hfserve.hardware import HardwareReport
+from hfserve.runtime.loader import ModelLoader
+from hfserve.runtime.specs import ModelSpec, parse_model_spec
+from hfserve.settings import Settings
+from hfserve.skills.base import RuntimeOptions, SkillInfo
+from hfserve.skills.registry import SkillRegistry
+
+CPU_ONLY = HardwareReport(
+    cpu_model="test",
+    cpu_cores_physical=1,
+    cpu_cores_logical=1,
+    ram_total_bytes=1 << 30,
+    ram_available_bytes=1 << 30,
+    platform="test",
+    python="3.11",
+    torch_version=None,
+    cuda_available=False,
+    cuda_version=None,
+)
+
+
+class FakeModel:
+    def __init__(self, path: str, device: str, dtype: str, size: int, fail_start: bool) -> None:
+        self.info = FakeSkill.info
+        self.model_id, self.device, self.dtype = path, device, dtype
+        self.size, self.fail_start = size, fail_start
+        self.started = self.closed = False
+
+    @property
+    def max_input_tokens(self) -> int:
+        return 8
+
+    def memory_bytes(self) -> int:
+        return self.size
+
+    def count_tokens(self, text: str) -> int:
+        return len(text)
+
+    async def start(self) -> None:
+        if self.fail_start:
+            raise RuntimeError("worker would not start")
+        self.started = True
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class FakeSkill:
+    info = SkillInfo(name="fake", task="embeddings", architectures=("FakeModel",), source="test")
+
+    def __init__(self) -> None:
+        self.loads: list[str] = []
+        self.fail: Exception | None = None
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+        self.models: list[FakeModel] = []
+
+    def load(self, model_path: str, device: str, dtype: str, options: RuntimeOptions) -> FakeModel:
+        self.loads.append(model_path)
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(timeout=10)
+        if self.fail is not None:
+            raise self.fail
+        config = json.loads((Path(model_path) / "config.json").read_text())
+        model = FakeModel(
+            model_path, device, dtype, config["size"], config.get("fail_start", False)
+        )
+        self.models.append(model)
+        return model
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def on_load(self, model: str, seconds: float) -> None:
+        self.events.append(("load", model))
+
+    def on_evict(self, model: str, reason: str) -> None:
+        self.events.append(("evict", f"{model}:{reason}"))
+
+    def on_load_failure(self, model: str) -> None:
+        self.events.append(("fail", model))
+
+
+def _model(root: Path, name: str, size: int, **extra: object) -> str:
+    folder = root / name
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        json.dumps({"architectures": ["FakeModel"], "size": size, **extra})
+    )
+    return str(folder)
+
+
+def _loader(
+    skill: FakeSkill, clock: FakeClock | None = None, **settings: object
+) -> tuple[ModelLoader, Recorder]:
+    recorder = Recorder()
+    loader = ModelLoader(
+        Settings(**settings),
+        registry=SkillRegistry(include_builtins=False, skills=[skill]),
+        clock=clock or FakeClock(),
+        hardware=CPU_ONLY,
+        observer=recorder,
+    )
+    return loader, recorder
+
+
+def test_specs_aliases_default_and_unknown_names(tmp_path: Path) -> None:
+    a = _model(tmp_path, "alpha", 10)
+    loader, _ = _loader(FakeSkill(), models=[a, f"b={a}"])
+    assert list(loader.specs) == ["alpha", "b"]
+    assert loader.default_model == "alpha"
+    assert loader.resolve_name(a).alias == "alpha"
+    with pytest.raises(ModelNotFoundError, match="available: alpha, b"):
+        loader.resolve_name("gamma")
+    assert not loader.is_loaded("gamma")
+    dup, _ = _loader(FakeSkill(), models=[a, a])
+    with pytest.raises(ConfigError, match="used twice"):
+        _ = dup.specs
+
+
+async def test_get_loads_once_caches_and_reports(tmp_path: Path) -> None:
+    skill = FakeSkill()
+    loader, rec = _loader(skill, models=[_model(tmp_path, "m", 10)])
+    model = await loader.get("m")
+    assert isinstance(model, FakeModel) and model.started
+    assert (model.device, model.dtype) == ("cpu", "float32")
+    assert await loader.get("m") is model
+    assert skill.loads == [model.model_id]
+    assert loader.loaded() == ["m"] and loader.is_loaded("m")
+    assert loader.cache.stats.hits == 1
+    assert rec.events == [("load", "m")]
+    assert await loader.evict("m") is True
+    assert model.closed and loader.loaded() == []
+    assert await loader.evict("m") is False
+    assert rec.events[-1] == ("evict", "m:explicit")
+
+
+async def test_concurrent_gets_of_a_cold_model_load_it_once(tmp_path: Path) -> None:
+    skill = FakeSkill()
+    skill.gate = threading.Event()
+    loader, _ = _loader(skill, models=[_model(tmp_path, "m", 10)])
+    callers = [asyncio.create_task(loader.get("m")) for _ in range(8)]
+    await asyncio.to_thread(skill.entered.wait, 10)
+    # One impatient caller leaving must not cancel the load the others share.
+    callers[0].cancel()
+    skill.gate.set()
+    results = await asyncio.gather(*callers[1:])
+    assert len(skill.loads) == 1
+    assert all(r is results[0] for r in results)
+    with pytest.raises(asyncio.CancelledError):
+        await callers[0]
+
+
+async def test_byte_budget_evicts_lru_and_pinned_survives(tmp_path: Path) -> None:
+    skill = FakeSkill()
+    pinned = _model(tmp_path, "pinned", 40)
+    loader, rec = _loader(skill, models=[pinned], cache_memory=100)
+    await loader.get("pinned")
+    extra = [_model(tmp_path, n, 40) for n in ("x", "y")]
+    for spec in _unpinned(extra):  # models added at runtime, not pinned
+        loader.add_model(spec)
+    x = await loader.get("x")
+    y = await loader.get("y")  # 40 + 40 + 40 > 100: x (LRU, unpinned) goes
+    assert x.closed and not y.closed
+    assert loader.loaded() == ["pinned", "y"]
+    assert loader.cache.is_pinned("pinned")
+    assert ("evict", "x:bytes") in rec.events
+    loader.add_model(_unpinned([_model(tmp_path, "big", 80)])[0])
+    with pytest.raises(OverloadedError):
+        await loader.get("big")  # cannot fit beside the pinned 40
+    assert skill.models[-1].closed  # the model that did not fit was freed, not leaked
+
+
+def _unpinned(paths: Sequence[str]) -> list[ModelSpec]:
+    return [parse_model_spec(p, pinned=False) for p in paths]
+
+
+async def test_failing_load_trips_breaker_and_recovers(tmp_path: Path) -> None:
+    skill = FakeSkill()
+    skill.fail = OSError("model.safetensors is corrupt")
+    clock = FakeClock()
+    loader, rec = _loader(
+        skill, clock, models=[_model(tmp_path, "m", 10)], breaker_failures=2, breaker_recovery=30
+    )
+    for _ in range(2):
+        with pytest.raises(
+            ModelLoadError, match=r"cannot load model 'm'.*OSError: model\.safetensors is corrupt"
+        ):
+            await loader.get("m")
+    with pytest.raises(CircuitOpenError) as refused:
+        await loader.get("m")
+    assert refused.value.retry_after == pytest.approx(30)
+    assert len(skill.loads) == 2  # refused fast: no third load attempt
+    assert rec.events.count(("fail", "m")) == 2
+    clock.advance(31)
+    skill.fail = None
+    model = await loader.get("m")
+    assert model.started and loader.breaker("m").state is BreakerState.CLOSED
+
+
+async def test_hfserve_errors_pass_through_and_count(tmp_path: Path) -> None:
+    folder = tmp_path / "noconfig"
+    folder.mkdir()
+    loader, _ = _loader(FakeSkill(), models=[str(folder)], breaker_failures=1)
+    with pytest.raises(SkillNotFoundError):
+        await loader.get("noconfig")
+    with pytest.raises(CircuitOpenError):
+        await loader.get("noconfig")
+
+
+async def test_start_failure_closes_the_model(tmp_path: Path) -> None:
+    skill = FakeSkill()
+    loader, _ = _loader(skill, models=[_model(tmp_path, "m", 10, fail_start=True)])
+    with pytest.raises(ModelLoadError, match="failed to start: worker would not start"):
+        await loader.get("m")
+    assert skill.models[0].closed and loader.loaded() == []
+
+
+async def test_load_timeout_is_a_model_load_error(tmp_path: Path) -> None:
+    skill = FakeSkill()
+    skill.gate = threading.Event()
+    loader, _ = _loader(skill, models=[_model(tmp_path, "m", 10)], load_timeout=0.05)
+    try:
+        with pytest.raises(ModelLoadError, match=r"took longer than 0\.05s"):
+            await loader.get("m")
+    finally:
+        skill.gate.set()
+
+
+async def test_idle_models_are_unloaded_but_pinned_ones_stay(tmp_path: Path) -> None:
+    skill = FakeSkill()
+    clock = FakeClock()
+    loader, _ = _loader(skill, clock, models=[_model(tmp_path, "p", 10)], model_idle_ttl=60)
+    loader.add_model(_unpinned([_model(tmp_path, "u", 10)])[0])
+    with pytest.raises(ConfigError, match="already served"):
+        loader.add_model(_unpinned([str(tmp_path / "u")])[0])
+    await loader.preload()
+    u = await loader.get("u")
+    clock.advance(61)
+    assert await loader.evict_idle() == ["u"]
+    assert u.closed and loader.loaded() == ["p"]
+
+
+async def test_aclose_unloads_everything_and_refuses_new_work(tmp_path: Path) -> None:
+    skill = FakeSkill()
+    loader, _ = _loader(skill, models=[_model(tmp_path, "m", 10), _model(tmp_path, "n", 10)])
+    await loader.preload()
+    skill.gate = threading.Event()
+    await loader.aclose()
+    assert all(m.closed for m in skill.models) and loader.loaded() == []
+    with pytest.raises(ShuttingDownError):
+        await loader.get("m")
+    skill.gate.set()
+
+
+async def test_aclose_cancels_a_load_in_progress(tmp_path: Path) -> None:
+    skill = FakeSkill()
+    skill.gate = threading.Event()
+    loader, _ = _loader(skill, models=[_model(tmp_path, "m", 10)])
+    caller = asyncio.create_task(loader.get("m"))
+    await asyncio.to_thread(skill.entered.wait, 10)
+    await loader.aclose()
+    skill.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert loader.breaker("m").state is BreakerState.CLOSED
