@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from hfserve.core.keystore import KeyStore
 from hfserve.core.rate_limiter import RateLimiter
-from hfserve.core.response_cache import MemoryResponseBackend, ResponseCache
+from hfserve.core.response_cache import ResponseCache
 from hfserve.errors import HfServeError
 from hfserve.server.errors import error_body, error_response, unhandled_error_response
 from hfserve.server.metrics import Metrics
@@ -34,6 +34,7 @@ from hfserve.server.requests import ClientDisconnectedError, json_response
 from hfserve.server.routes.encoders import classifications, embeddings
 from hfserve.server.routes.generation import chat_completions, completions
 from hfserve.server.routes.ops import get_model, health, list_models, metrics, ready
+from hfserve.server.shared_state import SharedState
 from hfserve.server.state import ServerState
 from hfserve.settings import Settings
 from hfserve.skills.base import RuntimeOptions
@@ -64,23 +65,25 @@ def create_app(
             batch_observer=metrics_,
         )
         loader = ModelLoader(settings, observer=metrics_, runtime_options=options)
-    if response_cache is None and settings.response_cache:
-        response_cache = ResponseCache(
-            MemoryResponseBackend(max_bytes=settings.response_cache_memory),
-            ttl=settings.response_cache_ttl,
-        )
+    # Memory backends, or Redis ones shared with replicas when settings.redis_url is set.
+    shared = SharedState.from_settings(settings, metrics=metrics_)
+    if keystore is None:
+        revoked = shared.revoked_ids if shared.shared else None
+        keystore = KeyStore(settings.keys_file, revoked_ids=revoked)
     state = ServerState(
         settings=settings,
         loader=loader,
-        keystore=keystore if keystore is not None else KeyStore(settings.keys_file),
-        rate_limiter=rate_limiter if rate_limiter is not None else RateLimiter(),
-        response_cache=response_cache,
+        keystore=keystore,
+        rate_limiter=rate_limiter if rate_limiter is not None else shared.rate_limiter,
+        response_cache=response_cache if response_cache is not None else shared.response_cache,
         metrics=metrics_,
+        extra_ready_checks=shared.ready_report if shared.shared else None,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.started_at = int(time.time())
+        await shared.start()
         state.spawn(_preload(state))
         try:
             yield
@@ -88,6 +91,7 @@ def create_app(
             state.begin_drain()
             await state.cancel_tasks()
             await state.loader.aclose()
+            await shared.aclose()
 
     openapi_doc = build_openapi(secured=True)
 

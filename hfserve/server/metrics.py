@@ -120,6 +120,12 @@ class Metrics:
         self.auth_failures = Counter(
             "hfserve_auth_failures", "Requests refused by auth.", registry=r
         )
+        self.redis_errors = Counter(
+            "hfserve_redis_errors",
+            "Redis operations that failed, timed out or were skipped while Redis was down.",
+            ["op"],
+            registry=r,
+        )
         self.client_disconnects = Counter(
             "hfserve_client_disconnects",
             "Requests whose client went away before the end.",

@@ -152,7 +152,7 @@ async def cached_json(
     cache = state.response_cache
     if cache is None or cache_request is None:
         return json_response(await produce())
-    key = make_cache_key(model, cache_request, namespace=state.loader.version_of(model))
+    key = make_cache_key(model, cache_request, namespace=state.loader.resolve_name(model).source)
     hit = await cache.get(key)
     if hit is not None:
         state.metrics.cache_hits.inc()

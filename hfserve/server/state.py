@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from hfserve.runtime.loader import ModelLoader
 
     from hfserve.core.keystore import ApiKey, KeyStore
+    from hfserve.server.shared_state import ReadyReport
 
 __all__ = ["ServerState"]
 
@@ -38,6 +40,8 @@ class ServerState:
     preload_error: str | None = None
     in_flight: int = 0
     started_at: int = 0
+    # Extra readiness dependencies (Redis): details for /ready and whether they block it.
+    extra_ready_checks: Callable[[], Awaitable[ReadyReport]] | None = None
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -114,11 +118,12 @@ class ServerState:
         m = self.metrics
         loaded = self.loader.loaded()
         m.models_loaded.set(len(loaded))
-        for name in loaded:
-            model = self.loader.peek(name)
-            if model is None:
-                continue
+        cache = self.loader.cache
+        for name in self.loader.specs:
+            model = cache.peek(name)
+            # Unloaded models report zeros, so a gauge never sticks at its last loaded value.
             m.queue_depth.labels(name).set(getattr(model, "queue_depth", 0))
             m.active_generations.labels(name).set(getattr(model, "active_generations", 0))
-        for name, state in self.loader.breaker_states().items():
-            m.breaker_state.labels(name).set(BREAKER_STATE_VALUES.get(str(state), 0))
+            m.breaker_state.labels(name).set(
+                BREAKER_STATE_VALUES.get(str(self.loader.breaker(name).state), 0)
+            )

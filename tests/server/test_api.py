@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import time
 from typing import Any
 
 import pytest
@@ -341,7 +342,10 @@ def test_auth(make_client: Any, tmp_path: Any) -> None:
     assert client.get("/health").status_code == 200 and client.get("/metrics").status_code == 200
     record = store.list()[0]
     store.revoke(record.id)
-    assert_error(client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}), 401)
+    deadline = time.monotonic() + 1.0  # the server re-reads the keys file at most every 0.25 s
+    while client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code != 401:
+        assert time.monotonic() < deadline, "revocation not seen within 1 s"
+        time.sleep(0.02)
 
 
 def test_no_auth_flag_disables_keys(make_client: Any, tmp_path: Any) -> None:

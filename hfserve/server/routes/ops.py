@@ -24,12 +24,11 @@ async def ready(request: Request) -> Response:
     checks: dict[str, Any] = {"models_loaded": state.ready, "draining": state.draining}
     if state.preload_error:
         checks["error"] = state.preload_error
-    extra = getattr(state, "extra_ready_checks", None)
     ok = state.ready and not state.draining
-    if extra is not None:
-        for name, healthy in (await extra()).items():
-            checks[name] = healthy
-            ok = ok and healthy
+    if state.extra_ready_checks is not None:
+        report = await state.extra_ready_checks()
+        checks.update(report.checks)
+        ok = ok and report.ok
     return json_response(
         {"status": "ready" if ok else "not_ready", **checks}, status=200 if ok else 503
     )
@@ -44,13 +43,14 @@ async def metrics(request: Request) -> Response:
 
 def _model_card(state: Any, alias: str) -> dict[str, Any]:
     spec = state.loader.specs[alias]
+    model = state.loader.cache.peek(alias)
     return {
         "id": alias,
         "object": "model",
         "created": state.started_at,
         "owned_by": "hfserve",
         "source": spec.source,
-        "task": spec.task,
+        "task": spec.task or (model.info.task if model is not None else None),
         "loaded": state.loader.is_loaded(alias),
         "pinned": spec.pinned,
     }
