@@ -19,7 +19,9 @@ NOT_A_SKILL = 42
 class EchoModel:
     """A loaded echo model."""
 
-    def __init__(self, info: SkillInfo, model_id: str, device: str, dtype: str, scale: float) -> None:
+    def __init__(
+        self, info: SkillInfo, model_id: str, device: str, dtype: str, scale: float
+    ) -> None:
         self.info = info
         self.model_id = model_id
         self.device = device
