@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.redis_server import redis_server, redis_server_module  # noqa: F401
 from tests.fixtures.tiny_models import TinyModels, build_tiny_models
 
 # No test may reach the Hub: everything is built locally.
