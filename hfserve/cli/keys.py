@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from hfserve.core.keystore import ApiKey, KeyStore
+from hfserve.errors import UnavailableError
 from hfserve.settings import default_keys_file
 
 __all__ = ["keys_app", "parse_duration"]
@@ -165,6 +167,17 @@ def _row(record: ApiKey, now: float) -> list[str]:
     ]
 
 
+async def _publish_revocation(redis_url: str, key_id: str) -> None:
+    from hfserve.core.redis_backends import RedisConnection, RedisRevocations
+
+    # A person waits on this, not a request: a few seconds beat the server's 50 ms budget.
+    connection = RedisConnection(redis_url, timeout=5.0)
+    try:
+        await RedisRevocations(connection).publish(key_id)
+    finally:
+        await connection.aclose()
+
+
 @keys_app.command("revoke")
 def revoke_command(
     key_id: Annotated[
@@ -172,10 +185,28 @@ def revoke_command(
     ],
     json_output: JsonOption = False,
     keys_file: KeysFileOption = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url",
+            envvar="HFSERVE_REDIS_URL",
+            help="Also publish the revocation to this Redis, for replicas with their own keys file.",
+        ),
+    ] = None,
 ) -> None:
     """Revoke an API key; running servers refuse it within a second."""
     store = _store(keys_file)
     record = store.revoke(key_id)
+    if redis_url:
+        try:
+            asyncio.run(_publish_revocation(redis_url, record.id))
+        except UnavailableError as exc:
+            raise UnavailableError(
+                f"revoked {record.id} in {store.path}, but publishing it to Redis failed "
+                f"({exc.message}); replicas with their own keys file still accept it: "
+                "run this command again",
+                retry_after=exc.retry_after,
+            ) from exc
     if json_output:
         typer.echo(json.dumps(record.to_public(time.time()), indent=2))
         return

@@ -124,13 +124,14 @@ class RedisConnection:
         from redis.exceptions import RedisError
 
         self.timeout = float(timeout)
-        # No client-side retries: the timeout is the whole budget of an operation, and the
-        # breaker (not a retry loop) decides when Redis is worth trying again.
+        # One immediate retry: a pooled connection that died with a Redis restart fails once
+        # on its next use, and a fresh connection should answer for it. The outer timeout still
+        # bounds the whole operation, and the breaker (not a retry loop) rides out an outage.
         self.client: Redis = Redis.from_url(
             url,
             socket_timeout=self.timeout,
             socket_connect_timeout=self.timeout,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 1),
             max_connections=max_connections,
         )
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError)

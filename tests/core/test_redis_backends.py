@@ -329,3 +329,20 @@ def test_invalid_timeout_is_refused() -> None:
     """A zero timeout would fail every call: refused at construction."""
     with pytest.raises(ValueError, match="timeout"):
         RedisConnection("redis://127.0.0.1:1/0", timeout=0)
+
+
+async def test_a_restart_costs_no_failed_call(redis_server_module: RedisServer) -> None:
+    """Pooled connections die with a Redis restart; the next call still succeeds first time."""
+    redis_server_module.start()
+    errors: list[str] = []
+    connection = RedisConnection(
+        redis_server_module.url, timeout=TIMEOUT, on_error=lambda op, exc: errors.append(op)
+    )
+    try:
+        assert await connection.ping() is True
+        redis_server_module.stop()
+        redis_server_module.start()
+        assert await connection.ping() is True
+        assert errors == []
+    finally:
+        await connection.aclose()
