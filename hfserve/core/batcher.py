@@ -201,6 +201,52 @@ class MicroBatcher(Generic[I, R]):
                 self._queue.remove(entry)
             raise
 
+    async def submit_many(self, items: Sequence[I]) -> list[R]:
+        """Queue all ``items`` at once (all or nothing) and return their results in order.
+
+        A request with several inputs is admitted whole or refused whole, so a full queue
+        never leaves half a request running. When the queue is empty it is admitted even if
+        it holds more than ``max_queue`` items, so a large request is not refused forever
+        (callers bound the number of inputs per request).
+
+        Raises:
+            OverloadedError: the items do not fit in the queue.
+            ShuttingDownError: the batcher is not started or is closing.
+            Exception: the first error ``batch_fn`` raised or returned for one of the items.
+        """
+        if self._closing or self._worker is None:
+            state = "closing" if self._closing else "not started"
+            raise ShuttingDownError(f"batcher {self._name!r} is {state}; no new work accepted")
+        depth = self.queue_depth
+        if depth and depth + len(items) > self._max_queue:
+            raise OverloadedError(
+                f"batcher {self._name!r} queue is full ({depth} items waiting, "
+                f"{len(items)} more asked)",
+                retry_after=self._retry_after(depth + len(items)),
+            )
+        loop = asyncio.get_running_loop()
+        now = self._clock.now()
+        entries = []
+        for item in items:
+            cost = self._cost_fn(item) if self._cost_fn is not None else 1
+            if cost < 0:
+                raise ValueError(f"cost_fn returned a negative cost ({cost})")
+            entries.append(
+                _Entry(item=item, cost=cost, enqueued_at=now, future=loop.create_future())
+            )
+        self._queue.extend(entries)
+        self._wakeup.set()
+        try:
+            return list(await asyncio.gather(*(entry.future for entry in entries)))
+        except BaseException:
+            # Cancelled or one item failed: drop the rest before inference where still queued.
+            for entry in entries:
+                if not entry.future.done():
+                    entry.future.cancel()
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(entry)
+            raise
+
     def _retry_after(self, depth: int) -> float:
         """Estimate the seconds until the queue has drained: batches ahead x recent duration."""
         if not self._durations:

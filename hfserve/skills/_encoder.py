@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 import torch
 
 from hfserve.core.batcher import MicroBatcher
-from hfserve.errors import InvalidRequestError
+from hfserve.errors import InvalidRequestError, ShuttingDownError
 from hfserve.skills._torch import free_memory, module_memory_bytes
 from hfserve.skills.base import (
     ClassificationResult,
@@ -152,18 +152,24 @@ class EncoderModel(ABC, Generic[R]):
         self._model = None
         free_memory(self.device)
 
+    @property
+    def queue_depth(self) -> int:
+        """Inputs waiting for a batch (for the ``hfserve_queue_depth`` gauge)."""
+        return self._batcher.queue_depth if self._batcher is not None else 0
+
     async def _submit_all(
         self, inputs: Sequence[str | Sequence[int]]
     ) -> tuple[list[R], EncodedInputs]:
         """Tokenize off the loop, then submit every input and gather results in order."""
         if self._batcher is None or self._model is None:
-            raise InvalidRequestError(f"model {self.model_id!r} is not started")
+            raise ShuttingDownError(f"model {self.model_id!r} is not running (unloaded or closing)")
         if not inputs:
             raise InvalidRequestError("at least one input is required", param="input")
         encoded = await asyncio.to_thread(self.encode_inputs, inputs)
         batcher = self._batcher
-        results = await asyncio.gather(*(batcher.submit(ids) for ids in encoded.ids))
-        return list(results), encoded
+        # All or nothing: a full queue refuses the whole request rather than half of it.
+        results = await batcher.submit_many(encoded.ids)
+        return results, encoded
 
     def encode_inputs(self, inputs: Sequence[str | Sequence[int]]) -> EncodedInputs:
         """Token ids (specials added, truncated to ``max_input_tokens``) for each input.

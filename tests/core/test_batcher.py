@@ -555,3 +555,71 @@ async def _run_scenario(
 @given(scenario=scenarios())
 def test_never_loses_duplicates_or_misroutes_results(scenario: dict[str, object]) -> None:
     asyncio.run(_run_scenario(**scenario))  # type: ignore[arg-type]
+
+
+async def test_submit_many_returns_results_in_order_in_one_batch() -> None:
+    model = Model()
+    async with MicroBatcher(model, max_batch_size=8) as batcher:
+        async with asyncio.timeout(GUARD):
+            assert await batcher.submit_many([1, 2, 3]) == [10, 20, 30]
+    assert model.batches == [[1, 2, 3]]
+
+
+async def test_submit_many_is_all_or_nothing_when_the_queue_is_busy() -> None:
+    model = Model(gated=True)
+    async with MicroBatcher(model, max_batch_size=1, max_queue=3) as batcher:
+        running = asyncio.create_task(batcher.submit(0))
+        await model.wait_started()
+        waiting = asyncio.create_task(batcher.submit_many([1, 2]))
+        await next_tick()
+        assert batcher.queue_depth == 2
+        with pytest.raises(OverloadedError):
+            await batcher.submit_many([3, 4])
+        assert batcher.queue_depth == 2  # nothing of the refused request was queued
+        model.release.set()
+        async with asyncio.timeout(GUARD):
+            assert await running == 0
+            assert await waiting == [10, 20]
+
+
+async def test_submit_many_admits_a_large_request_into_an_empty_queue() -> None:
+    model = Model()
+    async with MicroBatcher(model, max_batch_size=2, max_queue=2) as batcher:
+        async with asyncio.timeout(GUARD):
+            assert await batcher.submit_many([1, 2, 3, 4, 5]) == [10, 20, 30, 40, 50]
+
+
+async def test_submit_many_failure_of_one_item_drops_the_queued_rest() -> None:
+    def fn(x: int) -> int | BaseException:
+        return ValueError("bad item") if x == 1 else x
+
+    model = Model(fn=fn)
+    async with MicroBatcher(model, max_batch_size=1) as batcher:
+        with pytest.raises(ValueError, match="bad item"):
+            async with asyncio.timeout(GUARD):
+                await batcher.submit_many([1, 2, 3])
+        assert batcher.queue_depth == 0
+    assert [1] in model.batches
+
+
+async def test_submit_many_cancelled_caller_drops_its_items() -> None:
+    model = Model(gated=True)
+    async with MicroBatcher(model, max_batch_size=1) as batcher:
+        running = asyncio.create_task(batcher.submit(0))
+        await model.wait_started()
+        many = asyncio.create_task(batcher.submit_many([1, 2]))
+        await next_tick()
+        many.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await many
+        assert batcher.queue_depth == 0
+        model.release.set()
+        async with asyncio.timeout(GUARD):
+            assert await running == 0
+    assert model.batches == [[0]]
+
+
+async def test_submit_many_refused_when_not_started() -> None:
+    batcher: MicroBatcher[int, int] = MicroBatcher(Model())
+    with pytest.raises(ShuttingDownError):
+        await batcher.submit_many([1])

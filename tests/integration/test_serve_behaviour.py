@@ -59,14 +59,14 @@ def test_disconnecting_streams_cancel_generation(start_server: StartServer) -> N
 
 
 def test_flood_gets_only_200_or_503_and_health_answers(start_server: StartServer) -> None:
-    server = start_server("--no-auth", "--max-queue", "2", "--max-batch-size", "2")
+    server = start_server("--no-auth", "--max-queue", "8", "--max-batch-size", "4")
     statuses: list[int] = []
     retry_after_missing = 0
 
     async def one(client: httpx.AsyncClient, i: int) -> None:
         nonlocal retry_after_missing
         response = await client.post(
-            "/v1/embeddings", json={"model": "tiny-bert", "input": [f"text {i} " * 20] * 8}
+            "/v1/embeddings", json={"model": "tiny-bert", "input": [f"text {i} " * 20] * 4}
         )
         statuses.append(response.status_code)
         if response.status_code == 503 and "retry-after" not in response.headers:

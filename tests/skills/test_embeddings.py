@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from hfserve.errors import InvalidRequestError, ModelLoadError
+from hfserve.errors import InvalidRequestError, ModelLoadError, ShuttingDownError
 from hfserve.runtime.demo import minilm_path
 from hfserve.skills._encoder import pool
 from hfserve.skills.base import EmbeddingModel, RuntimeOptions
@@ -106,7 +106,7 @@ async def test_bad_inputs_are_invalid_requests(tiny_models: TinyModels) -> None:
             await model.embed([])
         with pytest.raises(InvalidRequestError, match="token ids must be integers"):
             await model.embed([[1, -5]])
-    with pytest.raises(InvalidRequestError, match="not started"):
+    with pytest.raises(ShuttingDownError, match="not running"):
         await model.embed(["after close"])
 
 
