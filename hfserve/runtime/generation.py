@@ -40,6 +40,7 @@ already in flight).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import math
@@ -66,11 +67,14 @@ logger = logging.getLogger(__name__)
 
 # The per-request kwarg that carries a request's engine slot to the sampler.
 _SLOT_KWARG = "hfserve_slot"
-# On CPU transformers would size the KV cache from *system* RAM (80-90% of it); size it from
-# the concurrency instead, with a per-generation context cap so long-context models stay sane.
-_CPU_CONTEXT_CAP = 4096
-# The attention mask grows with batch tokens x cache tokens; chunked prefill keeps it small.
-_CPU_MAX_BATCH_TOKENS = 512
+# Left alone, transformers sizes the KV cache to 80-90% of free device memory (of *system* RAM on
+# CPU), which starves every other model in the cache. Size it from the concurrency instead:
+# each generation gets up to this much context (longer ones share the pool, which the scheduler
+# manages by waiting and requeueing). ``extra["continuous_batching"]`` overrides it.
+_CONTEXT_PER_GENERATION = {"cpu": 4096, "accelerator": 8192}
+# Prefill chunk per step: the attention mask grows with batch tokens x cache tokens.
+_MAX_BATCH_TOKENS = {"cpu": 512, "accelerator": 2048}
+_PAGE_SIZE = 256
 _RETRY_AFTER = 1.0
 
 
@@ -114,7 +118,8 @@ def _sample_row(scores: torch.Tensor, state: _SamplingState) -> int:
     """Draw one token id from a row of logits with the request's temperature, top_p and RNG."""
     import torch
 
-    logits = scores / state.temperature
+    # float32: half-precision rows make sort/softmax/multinomial slow on GPUs and less exact.
+    logits = scores.float() / state.temperature
     if state.top_p < 1.0:
         # Same rule as transformers' TopPLogitsWarper: drop the low tail whose mass is <= 1-top_p.
         sorted_logits, sorted_idx = torch.sort(logits, descending=False)
@@ -158,8 +163,7 @@ def _build_sampler(states: Mapping[int, _SamplingState], stats: EngineStats) -> 
                 state = states.get(slot)
                 if state is None:
                     # A request the engine no longer tracks: cancelled after this step was planned.
-                    if slot >= 0:
-                        stats.rows_after_cancel += 1
+                    stats.rows_after_cancel += 1
                     continue
                 stats.sampled_rows += 1
                 suppress_eos = state.produced < state.min_tokens and state.eos_ids
@@ -287,11 +291,22 @@ class GenerationEngine:
         return self._manager is not None and not self._closing
 
     def memory_bytes(self) -> int:
-        """Bytes of the paged KV cache (0 before the first step allocates it)."""
-        processor = getattr(self._manager, "batch_processor", None)
-        cache = getattr(processor, "cache", None)
-        tensor = getattr(cache, "cache_tensor", None)
-        return 0 if tensor is None else int(tensor.numel() * tensor.element_size())
+        """Bytes of the paged KV cache's tensors (0 before the manager thread allocates them)."""
+        import torch
+
+        cache = getattr(getattr(self._manager, "batch_processor", None), "cache", None)
+        if cache is None:
+            return 0
+        # The cache's layout changes across transformers versions (one byte tensor, or
+        # per-layer key/value lists), so count every tensor it holds, each storage once.
+        seen: set[int] = set()
+        total = 0
+        for value in vars(cache).values():
+            for tensor in value if isinstance(value, list | tuple) else (value,):
+                if isinstance(tensor, torch.Tensor) and tensor.data_ptr() not in seen:
+                    seen.add(tensor.data_ptr())
+                    total += tensor.numel() * tensor.element_size()
+        return total
 
     def _cb_config(self) -> Any:
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
@@ -306,13 +321,16 @@ class GenerationEngine:
             # figure for "there is logits processing").
             "max_memory_percent": 0.8,
         }
-        if self._model.device.type == "cpu":
-            per_request = min(self._max_context, _CPU_CONTEXT_CAP)
-            page_size = 256
-            kwargs["page_size"] = page_size
-            total = self._options.max_concurrent_generations * per_request
-            kwargs["num_blocks"] = max(1, math.ceil(total / page_size))
-            kwargs["max_batch_tokens"] = _CPU_MAX_BATCH_TOKENS
+        kind = "cpu" if self._model.device.type == "cpu" else "accelerator"
+        per_generation = min(self._max_context, _CONTEXT_PER_GENERATION[kind])
+        # ... and the pool always holds one generation of the full context, or the scheduler
+        # could never place it.
+        total = max(self._max_context, self._options.max_concurrent_generations * per_generation)
+        # ``block_size`` was renamed ``page_size`` after transformers 5.17.
+        names = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
+        kwargs["page_size" if "page_size" in names else "block_size"] = _PAGE_SIZE
+        kwargs["num_blocks"] = max(1, math.ceil(total / _PAGE_SIZE))
+        kwargs["max_batch_tokens"] = _MAX_BATCH_TOKENS[kind]
         kwargs.update(self._options.extra.get("continuous_batching", {}))
         return ContinuousBatchingConfig(**kwargs)
 
@@ -452,8 +470,7 @@ class GenerationEngine:
         if entry is None:
             return
         self.stats.cancelled += 1
-        if self._manager is not None:
-            self._manager.cancel_request(request_id)
+        self._manager.cancel_request(request_id)
 
     def _forget(self, request_id: str) -> _Entry | None:
         entry = self._entries.pop(request_id, None)
@@ -476,8 +493,7 @@ class GenerationEngine:
             new = tokens[entry.delivered :]
             entry.delivered = len(tokens)
             if not output.is_finished():
-                if new:
-                    entry.queue.put_nowait(TokenEvent(new))
+                entry.queue.put_nowait(TokenEvent(new))
                 continue
             self._forget(output.request_id)
             self.stats.completed += 1

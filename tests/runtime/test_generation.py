@@ -18,7 +18,7 @@ from hfserve.errors import (
     OverloadedError,
     ShuttingDownError,
 )
-from hfserve.runtime.generation import GenerationEngine, TokenEvent, TokenStream
+from hfserve.runtime.generation import GenerationEngine, TokenEvent, TokenStream, _build_router
 from hfserve.skills.base import GenerationRequest, RuntimeOptions
 from tests.fixtures.tiny_models import TinyModels
 
@@ -100,22 +100,23 @@ async def test_concurrent_greedy_and_sampled_keep_their_own_parameters(
             _collect(engine.submit(sampled)),
             _collect(engine.submit(_greedy(other, 8, ignore_eos=True))),
         )
-        # The same seed again, now next to different neighbours, and a different seed.
-        again, _ = await asyncio.gather(
+        # The same seed again, next to different neighbours (another sampled request in the
+        # same steps), and a different seed.
+        again, other_seed, _ = await asyncio.gather(
             _collect(engine.submit(sampled)),
-            _collect(engine.submit(_greedy(other, 3, ignore_eos=True))),
-        )
-        other_seed = await _collect(
-            engine.submit(
-                GenerationRequest(
-                    prompt_ids=prompt,
-                    max_new_tokens=16,
-                    temperature=1.0,
-                    top_p=0.9,
-                    seed=99,
-                    ignore_eos=True,
+            _collect(
+                engine.submit(
+                    GenerationRequest(
+                        prompt_ids=prompt,
+                        max_new_tokens=16,
+                        temperature=1.0,
+                        top_p=0.9,
+                        seed=99,
+                        ignore_eos=True,
+                    )
                 )
-            )
+            ),
+            _collect(engine.submit(_greedy(other, 3, ignore_eos=True))),
         )
     finally:
         await engine.aclose()
@@ -315,6 +316,35 @@ async def test_start_fails_loudly_when_continuous_batching_cannot_run(
     with pytest.raises(ModelLoadError, match="continuous batching failed"):
         await engine.start()
     assert not engine.running
+
+
+async def test_kv_cache_is_sized_from_concurrency(tiny_models: TinyModels) -> None:
+    sizes = []
+    for concurrency in (1, 4):
+        engine = await _engine(tiny_models.gpt2, max_concurrent_generations=concurrency)
+        sizes.append(engine.memory_bytes())
+        await engine.aclose()
+    # One generation of the full context at least; more room for more concurrent generations.
+    assert 0 < sizes[0] < sizes[1]
+
+
+async def test_router_hands_outputs_to_the_event_loop() -> None:
+    loop = asyncio.get_running_loop()
+    received: list[list[Any]] = []
+    both = asyncio.Event()
+
+    def receive(batch: list[Any]) -> None:
+        received.append(batch)
+        if len(received) == 2:
+            both.set()
+
+    router = _build_router(loop, receive)
+    router.deliver("one")
+    router.deliver_batch([])
+    router.deliver_batch(["two", "three"])
+    async with asyncio.timeout(HANG_GUARD):
+        await both.wait()
+    assert received == [["one"], ["two", "three"]]
 
 
 async def test_bad_continuous_batching_config_is_a_load_error(tiny_models: TinyModels) -> None:

@@ -7,6 +7,7 @@ import itertools
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,7 +27,9 @@ from hfserve.skills.base import (
 from hfserve.skills.text_generation import (
     LoadedTextGenerator,
     TextGenerationSkill,
+    _context_length,
     _Detokenizer,
+    _eos_ids,
     _StopMatcher,
 )
 from tests.fixtures.tiny_models import TinyModels
@@ -188,6 +191,24 @@ async def test_aclose_fails_in_flight_generations(tiny_models: TinyModels) -> No
         await drain()
     assert loaded.active_generations == 0
     assert loaded._model is None
+
+
+def test_context_length_and_eos_ids_come_from_config_and_tokenizer() -> None:
+    def model(positions: Any, eos: Any) -> Any:
+        config = SimpleNamespace(max_position_embeddings=positions)
+        return SimpleNamespace(
+            config=SimpleNamespace(get_text_config=lambda: config),
+            generation_config=SimpleNamespace(eos_token_id=eos),
+        )
+
+    unlimited = SimpleNamespace(model_max_length=int(1e30), eos_token_id=None)
+    assert _context_length(model(2048, None), SimpleNamespace(model_max_length=512)) == 512
+    assert _context_length(model(2048, None), unlimited) == 2048
+    with pytest.raises(ModelLoadError, match="no context length"):
+        _context_length(model(None, None), unlimited)
+    assert _eos_ids(model(8, [5, 6]), unlimited) == [5, 6]
+    assert _eos_ids(model(8, 5), SimpleNamespace(eos_token_id=7)) == [5, 7]
+    assert _eos_ids(model(8, None), SimpleNamespace(eos_token_id=None)) == []
 
 
 def _tokenizer(tiny_models: TinyModels) -> Any:
