@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from hfserve.runtime.loader import ModelLoader
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -21,6 +20,7 @@ from hfserve.core.keystore import KeyStore
 from hfserve.core.rate_limiter import RateLimiter
 from hfserve.core.response_cache import ResponseCache
 from hfserve.errors import HfServeError
+from hfserve.runtime.loader import ModelLoader
 from hfserve.server.errors import error_body, error_response, unhandled_error_response
 from hfserve.server.metrics import Metrics
 from hfserve.server.middleware import (

@@ -105,7 +105,7 @@ def build_openapi(*, secured: bool) -> dict[str, Any]:
             "responses": _ok("Model") | _errors(401, 404),
         }
     }
-    public = {"security": []}
+    public: dict[str, Any] = {"security": []}
     paths["/health"] = {
         "get": {"operationId": "health", "summary": "Liveness.", "responses": _ok("Alive")} | public
     }

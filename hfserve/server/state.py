@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -15,9 +15,8 @@ from hfserve.server.metrics import BREAKER_STATE_VALUES, Metrics
 from hfserve.settings import Settings
 
 if TYPE_CHECKING:
-    from hfserve.runtime.loader import ModelLoader
-
     from hfserve.core.keystore import ApiKey, KeyStore
+    from hfserve.runtime.loader import ModelLoader
     from hfserve.server.shared_state import ReadyReport
 
 __all__ = ["ServerState"]
@@ -98,9 +97,9 @@ class ServerState:
         """Wait until no request is in flight (callers bound it with ``asyncio.timeout``)."""
         await self._idle.wait()
 
-    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a background task, keeping a strong reference until it ends."""
-        task = asyncio.ensure_future(coro)
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

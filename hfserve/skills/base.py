@@ -7,11 +7,14 @@ A *skill* knows how to load and run one kind of model. ``Skill.load`` returns a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
+    "TASK_CLASSIFICATION",
+    "TASK_EMBEDDINGS",
+    "TASK_GENERATION",
     "ClassificationModel",
     "ClassificationResult",
     "EmbeddingModel",
@@ -24,9 +27,6 @@ __all__ = [
     "RuntimeOptions",
     "Skill",
     "SkillInfo",
-    "TASK_CLASSIFICATION",
-    "TASK_EMBEDDINGS",
-    "TASK_GENERATION",
 ]
 
 TASK_GENERATION = "text-generation"
@@ -214,7 +214,7 @@ class GenerationModel(LoadedModel, Protocol):
         """Generations currently being decoded or queued."""
         ...
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         """Stream the generation; closing/cancelling the iterator cancels the request."""
         ...
 

@@ -37,7 +37,7 @@ async def embeddings(request: Request) -> Response:
     body = parse_body(EmbeddingRequest, await read_json(request))
     inputs = body.inputs()
     _check_count(len(inputs), state.settings.max_inputs)
-    model = await load_model(state, request, body.model, EmbeddingModel, "/v1/embeddings")
+    model = await load_model(state, request, body.model, EmbeddingModel, "/v1/embeddings")  # type: ignore[type-abstract]
     for item in inputs:
         if isinstance(item, list) and len(item) > model.max_input_tokens:
             raise InvalidRequestError(
@@ -75,7 +75,7 @@ async def classifications(request: Request) -> Response:
     body = parse_body(ClassificationRequest, await read_json(request))
     inputs = body.inputs()
     _check_count(len(inputs), state.settings.max_inputs)
-    model = await load_model(state, request, body.model, ClassificationModel, "/v1/classifications")
+    model = await load_model(state, request, body.model, ClassificationModel, "/v1/classifications")  # type: ignore[type-abstract]
 
     async def produce() -> dict[str, Any]:
         result = await run_until_disconnect(request, model.classify(inputs))

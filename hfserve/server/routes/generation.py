@@ -94,7 +94,7 @@ async def chat_completions(request: Request) -> Response:
     started = time.perf_counter()
     state = server_state(request)
     body = parse_body(ChatCompletionRequest, await read_json(request))
-    model = await load_model(state, request, body.model, GenerationModel, "/v1/chat/completions")
+    model = await load_model(state, request, body.model, GenerationModel, "/v1/chat/completions")  # type: ignore[type-abstract]
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     prompt_ids = model.encode(model.render_chat(messages))
     job = _make_job(state, "chat", body, model, [prompt_ids], body.max_new_tokens(), started)
@@ -112,7 +112,7 @@ async def completions(request: Request) -> Response:
             f"too many prompts: {len(prompts)} x n={body.n} (this server allows {state.settings.max_inputs})",
             param="prompt",
         )
-    model = await load_model(state, request, body.model, GenerationModel, "/v1/completions")
+    model = await load_model(state, request, body.model, GenerationModel, "/v1/completions")  # type: ignore[type-abstract]
     vocab = getattr(model, "vocab_size", None)
     ids: list[list[int]] = []
     for prompt in prompts:
