@@ -17,6 +17,7 @@ from hfserve.cli.hardware import hardware_command
 from hfserve.cli.k8s import k8s_app
 from hfserve.cli.keys import keys_app
 from hfserve.cli.models import models_app
+from hfserve.cli.serve import serve_command
 from hfserve.cli.skills import skills_app
 from hfserve.errors import HfServeError
 
@@ -53,6 +54,7 @@ def _root(
     """Serve HuggingFace transformers models in production."""
 
 
+app.command("serve")(serve_command)
 app.command("hardware")(hardware_command)
 app.add_typer(keys_app, name="keys")
 app.add_typer(skills_app, name="skills")

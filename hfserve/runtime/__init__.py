@@ -1,0 +1,1 @@
+"""Runtime: model loading, device placement and the generation engine."""
