@@ -117,6 +117,8 @@ class Metrics:
         self.rate_limited = Counter(
             "hfserve_rate_limited", "Requests refused by a rate limit.", ["budget"], registry=r
         )
+        for budget in ("requests", "tokens"):
+            self.rate_limited.labels(budget)  # exported as 0 from the start, so rate() works
         self.auth_failures = Counter(
             "hfserve_auth_failures", "Requests refused by auth.", registry=r
         )

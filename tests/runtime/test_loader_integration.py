@@ -9,7 +9,7 @@ import pytest
 
 from hfserve.core.breaker import BreakerState
 from hfserve.core.clock import FakeClock
-from hfserve.errors import CircuitOpenError, ModelLoadError
+from hfserve.errors import CircuitOpenError, ModelLoadError, ShuttingDownError
 from hfserve.hardware import probe
 from hfserve.runtime.loader import ModelLoader
 from hfserve.runtime.specs import parse_model_spec
@@ -80,7 +80,7 @@ async def test_discovery_load_cache_evict_pin_and_breaker(
         assert loader.loaded() == ["emb", "emb2"]
         assert ("cls", "bytes") in events.evictions
         assert cls._model is None  # type: ignore[attr-defined]  # weights dropped, memory freed
-        with pytest.raises(Exception, match="not started"):
+        with pytest.raises(ShuttingDownError, match="not running"):
             await cls.classify(["after eviction"])
         assert loader.cache.is_pinned("emb") and not loader.cache.is_pinned("emb2")
         assert emb2 is not emb
