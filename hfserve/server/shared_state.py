@@ -22,7 +22,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hfserve.core.breaker import CircuitBreaker
+from hfserve.core.breaker import BreakerState, CircuitBreaker
 from hfserve.core.clock import Clock, MonotonicClock
 from hfserve.core.rate_limiter import (
     BucketSpec,
@@ -124,6 +124,14 @@ class RedisErrorReporter:
         )
 
 
+def _log_redis_state(old: BreakerState, new: BreakerState) -> None:
+    """Say when Redis is given up on and when it is back (the transitions, not every call)."""
+    if new is BreakerState.OPEN and old is BreakerState.CLOSED:
+        log.warning("Redis presumed down after repeated failures; probing it every second")
+    elif new is BreakerState.CLOSED:
+        log.info("Redis is reachable again: rate limits, cache and revocations are shared again")
+
+
 class SharedState:
     """The rate limiter, response cache and revocation view a server shares with replicas.
 
@@ -165,7 +173,11 @@ class SharedState:
             on_error=RedisErrorReporter(metrics, clock=clock),
             # After 3 failures in a row stop calling Redis; probe it again a second later.
             breaker=CircuitBreaker(
-                failure_threshold=3, recovery_timeout=1.0, clock=clock, name="redis"
+                failure_threshold=3,
+                recovery_timeout=1.0,
+                clock=clock,
+                name="redis",
+                on_state_change=_log_redis_state,
             ),
         )
         backend = FailurePolicyBackend(

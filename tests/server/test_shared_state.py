@@ -198,9 +198,13 @@ async def test_outage_follows_the_policy_then_recovers(
     assert (report.checks, report.ok) == ({"redis": False}, fail_open)
     assert sum("Redis rate_limit failed" in r.getMessage() for r in caplog.records) == 1
 
+    assert any("presumed down" in r.getMessage() for r in caplog.records)
+
     redis_server.start()
     clock.advance(1.0)  # the breaker's recovery time: the next call probes Redis
-    report = await state.ready_report()
+    with caplog.at_level(logging.INFO, logger="hfserve.server"):
+        report = await state.ready_report()
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
     assert (report.checks, report.ok) == ({"redis": True}, True)
     # Redis came back empty (no persistence): a fresh budget, enforced again.
     assert [(await state.rate_limiter.allow("k", limits)).allowed for _ in range(2)] == [
