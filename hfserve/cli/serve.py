@@ -115,10 +115,11 @@ def serve_command(
 def build_settings(config: Path | None, **flags: Any) -> Settings:
     """Settings for ``serve``: flags over env over the config file, checked for what we support."""
     settings = Settings.load(config, **flags)
-    if settings.workers > 1:
+    if settings.workers > 1 and not settings.redis_url:
         raise ConfigError(
-            "--workers > 1 is not supported: run one worker per container and scale with replicas "
-            "(metrics and queues are per process)"
+            "--workers > 1 needs --redis-url: rate limits, revocations and the response cache "
+            "must be shared by the worker processes (each worker also loads its own copy of "
+            "every model; one worker per container with more replicas is often the better fit)"
         )
     return settings
 
@@ -162,6 +163,7 @@ def run_server(settings: Settings) -> None:
             "\n".join(
                 [
                     f"URL      http://{settings.host}:{settings.port}/v1{demo}",
+                    f"Workers  {settings.workers}",
                     f"Device   {settings.device} / {settings.dtype}",
                     f"Auth     {'on (API keys from ' + str(settings.keys_file) + ')' if auth else 'off'}",
                     "Models   " + ("\n         ".join(lines) if lines else "none"),
@@ -171,15 +173,19 @@ def run_server(settings: Settings) -> None:
             expand=False,
         )
     )
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=1,
-        log_config=None,
-    )
+    # Our own drain (DrainingServer) has already waited up to the grace period when uvicorn
+    # starts its shutdown, so uvicorn's own wait is short.
+    options: dict[str, Any] = {
+        "log_level": settings.log_level,
+        "access_log": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 1,
+        "log_config": None,
+    }
+    if settings.workers > 1:
+        from hfserve.server.workers import run_workers
+
+        raise typer.Exit(run_workers(settings, options))
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, **options)
     server = DrainingServer(config, state=state, grace_period=settings.grace_period)
     server.run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -85,6 +86,8 @@ def create_app(
         state.started_at = int(time.time())
         await shared.start()
         state.spawn(_preload(state))
+        if metrics_.multiprocess_dir is not None:
+            state.spawn(_sample_gauges(state))
         try:
             yield
         finally:
@@ -93,7 +96,7 @@ def create_app(
             await state.loader.aclose()
             await shared.aclose()
 
-    openapi_doc = build_openapi(secured=True)
+    openapi_doc = build_openapi(secured=True, public_metrics=settings.public_metrics)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_doc)
@@ -139,6 +142,14 @@ def create_app(
     )
     app.state.hfserve = state
     return app
+
+
+async def _sample_gauges(state: ServerState, interval: float = 1.0) -> None:
+    # With several workers a scrape reaches one of them, so each keeps its own gauges
+    # (queue depth, active generations, breakers) fresh in the shared directory.
+    while True:
+        state.refresh_gauges()
+        await asyncio.sleep(interval)
 
 
 async def _preload(state: ServerState) -> None:

@@ -6,10 +6,12 @@ objects double as the observers the runtime calls (batches, loads, evictions).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = ["BREAKER_STATE_VALUES", "CONTENT_TYPE", "Metrics"]
 
@@ -22,9 +24,15 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Metrics:
-    """All hfserve metrics in one registry."""
+    """All hfserve metrics in one registry.
+
+    With several worker processes (``PROMETHEUS_MULTIPROC_DIR`` set by ``hfserve serve
+    --workers N`` before the workers start) every worker writes its values to that directory
+    and a scrape of any worker aggregates all of them; gauges say how (``multiprocess_mode``).
+    """
 
     def __init__(self) -> None:
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -41,10 +49,17 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            "hfserve_requests_in_flight", "Requests being served now.", registry=r
+            "hfserve_requests_in_flight",
+            "Requests being served now.",
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.queue_depth = Gauge(
-            "hfserve_queue_depth", "Items waiting in a model's queue.", ["model"], registry=r
+            "hfserve_queue_depth",
+            "Items waiting in a model's queue.",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.queue_wait = Histogram(
             "hfserve_queue_wait_seconds",
@@ -84,6 +99,7 @@ class Metrics:
             "hfserve_active_generations",
             "Generations being decoded or queued.",
             ["model"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.cache_hits = Counter("hfserve_response_cache_hits", "Response cache hits.", registry=r)
@@ -107,11 +123,14 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
-        self.models_loaded = Gauge("hfserve_models_loaded", "Models in memory.", registry=r)
+        self.models_loaded = Gauge(
+            "hfserve_models_loaded", "Models in memory.", multiprocess_mode="livemax", registry=r
+        )
         self.breaker_state = Gauge(
             "hfserve_breaker_state",
             "Model circuit breaker: 0 closed, 1 half-open, 2 open.",
             ["model"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.rate_limited = Counter(
@@ -157,5 +176,9 @@ class Metrics:
         self.model_evictions.labels(model, reason).inc()
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition of every metric (of every worker, when several)."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)

@@ -62,8 +62,8 @@ def _ok(description: str, media: str = "application/json") -> dict[str, Any]:
     return {"200": {"description": description, "content": {media: {"schema": {"type": "object"}}}}}
 
 
-def build_openapi(*, secured: bool) -> dict[str, Any]:
-    """The document served at ``/openapi.json``."""
+def build_openapi(*, secured: bool, public_metrics: bool = False) -> dict[str, Any]:
+    """The document served at ``/openapi.json``; ``public_metrics`` marks /metrics keyless."""
     schemas: dict[str, Any] = {"Error": _ERROR}
     paths: dict[str, Any] = {}
     for path, (model, op_id, summary) in _POSTS.items():
@@ -121,8 +121,9 @@ def build_openapi(*, secured: bool) -> dict[str, Any]:
         "get": {
             "operationId": "metrics",
             "summary": "Prometheus metrics.",
-            "responses": _ok("Metrics", "text/plain"),
+            "responses": _ok("Metrics", "text/plain") | _errors(401),
         }
+        | (public if public_metrics else {})
     }
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
