@@ -1,0 +1,122 @@
+"""Overhead of hfserve's middleware stack: the full stack vs a bare Starlette app, with wrk.
+
+hfserve runs with everything a production request passes through: request id, metrics,
+body limit, API-key auth with a real key, and a per-key rate limit (set high enough that it
+never refuses, so it is consulted on every request). The route is ``GET /v1/models``. The
+baseline is a bare Starlette app returning the very same bytes on the same uvicorn settings
+(uvloop + httptools, no access log). Both are driven by ``wrk`` (C): a Python load generator
+saturates near 1k req/s on two cores and would measure itself.
+
+Target: hfserve >= 0.8x the bare app's requests/s.
+
+    python benchmarks/overhead.py [--smoke]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+from _common import (
+    LOOPBACK,
+    Report,
+    ServerProcess,
+    Target,
+    free_port,
+    hfserve_serve,
+    parse_args,
+    run_wrk,
+    temp_dir,
+)
+
+from hfserve.core.keystore import KeyStore
+from hfserve.runtime.demo import minilm_path
+
+HERE = Path(__file__).resolve().parent
+TARGET = 0.8
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the comparison and write ``overhead.json`` / ``overhead.png``."""
+    args = parse_args(__doc__ or "", argv)
+    seconds, rounds, connections = (1.0, 1, 8) if args.smoke else (8.0, 3, 64)
+    report = Report("overhead", "Middleware overhead: GET /v1/models", "req/s", args.smoke)
+    with temp_dir("hfserve-overhead-") as tmp:
+        keys_file = tmp / "keys.json"
+        # A real key with a real (never reached) limit: auth and the rate limiter both run.
+        _, key = KeyStore(keys_file).create("bench", rpm=10**9, tpm=0)
+        port = free_port()
+        hfserve = hfserve_serve(
+            {"minilm": minilm_path()},
+            port,
+            "--keys-file",
+            str(keys_file),
+            "--no-response-cache",
+        )
+        with hfserve:
+            url = f"http://{LOOPBACK}:{port}/v1/models"
+            headers = {"Authorization": f"Bearer {key}"}
+            body = httpx.get(url, headers=headers).raise_for_status().text
+            bare_port = free_port()
+            bare = ServerProcess(
+                "bare-starlette",
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "_bare_app:app",
+                    "--host",
+                    LOOPBACK,
+                    "--port",
+                    str(bare_port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
+                ready_url=f"http://{LOOPBACK}:{bare_port}/v1/models",
+                env={"BARE_APP_BODY": body},
+                cwd=HERE,
+            )
+            with bare:
+                bare_url = f"http://{LOOPBACK}:{bare_port}/v1/models"
+                samples: dict[str, list[float]] = {"bare starlette": [], "hfserve": []}
+                latency: dict[str, list[float]] = {"bare starlette": [], "hfserve": []}
+                # Alternate the two so drift on the machine (thermal, neighbours) hits both.
+                for _ in range(rounds):
+                    for system, target_url in (("bare starlette", bare_url), ("hfserve", url)):
+                        result = run_wrk(
+                            target_url,
+                            connections=connections,
+                            seconds=seconds,
+                            headers=headers,
+                        )
+                        if result.errors:
+                            raise RuntimeError(f"{system}: {result.errors} failed requests")
+                        samples[system].append(result.requests_per_second)
+                        latency[system].append(result.latency_avg_ms)
+    for system, values in samples.items():
+        report.add(
+            system,
+            statistics.median(values),
+            group=f"c={connections}",
+            rounds=len(values),
+            latency_avg_ms=statistics.median(latency[system]),
+        )
+    report.add_ratios("bare starlette")
+    ratio = report.measured("hfserve", f"c={connections}") / report.measured(
+        "bare starlette", f"c={connections}"
+    )
+    report.targets.append(Target(f"hfserve >= {TARGET}x bare Starlette req/s", ratio, TARGET))
+    report.notes.append(
+        f"wrk -t1 -c{connections} -d{seconds:g}s, median of {rounds} alternating rounds; "
+        "both servers: one uvicorn worker, uvloop + httptools, log level warning"
+    )
+    report.write(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
