@@ -59,9 +59,20 @@ async def read_json(request: Request) -> Any:
     if _nesting_depth(text) > _MAX_DEPTH:
         raise InvalidRequestError(f"the request body is nested deeper than {_MAX_DEPTH} levels")
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
+    # JSON may escape a lone UTF-16 surrogate ("\ud800") that no UTF-8 text can hold; it would
+    # crash the tokenizer or the response encoder later, so refuse it here (only when an escape
+    # is present: paired escapes such as emoji are fine and the check costs a re-encode).
+    if "\\u" in text:
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequestError(
+                "the request body contains an unpaired UTF-16 surrogate escape (e.g. \\ud800)"
+            ) from None
+    return data
 
 
 def _nesting_depth(text: str) -> int:
