@@ -7,6 +7,7 @@ Imported only when such a model is loaded (it imports torch).
 from __future__ import annotations
 
 import asyncio
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any, Generic, TypeVar
 import torch
 
 from hfserve.core.batcher import MicroBatcher
-from hfserve.errors import InvalidRequestError, ShuttingDownError
+from hfserve.errors import InferenceError, InvalidRequestError, ShuttingDownError
 from hfserve.skills._torch import free_memory, module_memory_bytes
 from hfserve.skills.base import (
     ClassificationResult,
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+log = logging.getLogger("hfserve.skills")
 
 # Tokenizers without a real limit report a huge sentinel as model_max_length.
 _NO_LIMIT = 1_000_000
@@ -213,11 +215,36 @@ class EncoderModel(ABC, Generic[R]):
             mask[row, span] = 1
         return input_ids.to(self.device), mask.to(self.device)
 
-    def _run_batch(self, batch: Sequence[list[int]]) -> list[R]:
-        """Run one padded batch (in the batcher's worker thread)."""
+    def _run_batch(self, batch: Sequence[list[int]]) -> list[R | BaseException]:
+        """Run one padded batch (in the batcher's worker thread); a failing input fails alone."""
+        try:
+            return list(self._run_padded(batch))
+        except Exception as exc:
+            if len(batch) == 1:
+                return [self._inference_error(exc)]
+        # One input the model chokes on must not fail the other callers that shared its batch:
+        # rerun each input alone so only the culprit's caller gets the error.
+        out: list[R | BaseException] = []
+        for ids in batch:
+            try:
+                out.append(self._run_padded([ids])[0])
+            except Exception as exc:
+                out.append(self._inference_error(exc))
+        return out
+
+    def _run_padded(self, batch: Sequence[list[int]]) -> list[R]:
         input_ids, mask = self._pad(batch)
         with torch.inference_mode():
             return self._forward(input_ids, mask)
+
+    def _inference_error(self, exc: Exception) -> InferenceError:
+        # The traceback goes to the log; the client gets the model and the exception class only,
+        # never internals such as tensor contents or file paths.
+        log.error("model %r failed on an input", self.model_id, exc_info=exc)
+        return InferenceError(
+            f"model {self.model_id!r} failed on this input ({type(exc).__name__}); "
+            "other requests are unaffected"
+        )
 
     @abstractmethod
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[R]:
