@@ -160,7 +160,7 @@ def _container_settings(settings: Settings, options: RenderOptions) -> Settings:
     """The settings as the container sees them: bound to all interfaces, keys from the Secret."""
     update: dict[str, Any] = {
         # A pod's only way in is its own network namespace; binding all interfaces is the point.
-        "host": "0.0.0.0",  # noqa: S104
+        "host": "0.0.0.0",  # noqa: S104  # nosec B104 - see the line above
         "port": settings.port or CONTAINER_PORT,
         "keys_file": Path(KEYS_MOUNT_PATH) / _KEYS_FILE_NAME,
     }
@@ -287,7 +287,7 @@ def _deployment(
     startup_failures = math.ceil(load_budget / _STARTUP_PERIOD_SECONDS) + 1
     grace = _PRESTOP_SECONDS + math.ceil(container.grace_period) + _TERMINATION_MARGIN_SECONDS
     env: list[dict[str, Any]] = [
-        {"name": "HOME", "value": "/tmp"},  # noqa: S108 - an emptyDir, the root fs is read-only
+        {"name": "HOME", "value": "/tmp"},  # noqa: S108  # nosec B108 - an emptyDir; root fs read-only
         {"name": "HF_HOME", "value": f"{_CACHE_MOUNT_PATH}/huggingface"},
         {"name": "XDG_CACHE_HOME", "value": _CACHE_MOUNT_PATH},
         {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
@@ -317,7 +317,7 @@ def _deployment(
         "securityContext": _container_security(),
         "volumeMounts": [
             {"name": "cache", "mountPath": _CACHE_MOUNT_PATH},
-            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir mount point
+            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108  # nosec B108 - an emptyDir mount point
             {"name": "keys", "mountPath": KEYS_MOUNT_PATH, "readOnly": True},
         ],
     }

@@ -56,7 +56,7 @@ _CORPUS = (
     "system user assistant: you are a helpful assistant. Tell me a story about a robot.",
 )
 # Which special token plays which role (names, not secrets).
-_TOKENIZER_ROLES = {
+_TOKENIZER_ROLES = {  # nosec B105 - token names, not passwords
     "bos_token": "<|endoftext|>",
     "eos_token": "<|end|>",
     "unk_token": "<|endoftext|>",

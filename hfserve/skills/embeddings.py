@@ -30,7 +30,7 @@ _ST_NORMALIZE = "sentence_transformers.models.Normalize"
 _ST_TRANSFORMER = "sentence_transformers.models.Transformer"
 # sentence-transformers' older boolean keys, in the order it concatenates them.
 _LEGACY_KEYS = {
-    "pooling_mode_cls_token": "cls",
+    "pooling_mode_cls_token": "cls",  # nosec B105 - a pooling mode name
     "pooling_mode_max_tokens": "max",
     "pooling_mode_mean_tokens": "mean",
     "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
