@@ -16,6 +16,7 @@ Targets at c=32: hfserve >= 4x unbatched and >= 0.8x the offline ceiling.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 import time
@@ -47,25 +48,28 @@ BATCHED, UNBATCHED, LITSERVE, OFFLINE = (
 )
 
 
-def _drive(report: Report, system: str, url: str, levels: Sequence[int], seconds: float) -> None:
+def _drive(report: Report, servers: dict[str, str], levels: Sequence[int], seconds: float) -> None:
+    # Level by level, the servers back to back: load from elsewhere on the machine then
+    # drifts over all of them alike instead of landing on whichever ran last.
     for concurrency in levels:
-        data = bench(
-            url,
-            model="minilm",
-            endpoint=Endpoint.EMBEDDINGS,
-            concurrency=concurrency,
-            duration=seconds,
-            warmup=concurrency * 2,
-            prompt_tokens=WORDS,
-        )
-        report.add(
-            system,
-            data["request_throughput"],
-            group=f"c={concurrency}",
-            p50_ms=data["median_e2el_ms"],
-            p99_ms=data["p99_e2el_ms"],
-            requests=data["completed"],
-        )
+        for system, url in servers.items():
+            data = bench(
+                url,
+                model="minilm",
+                endpoint=Endpoint.EMBEDDINGS,
+                concurrency=concurrency,
+                duration=seconds,
+                warmup=concurrency * 2,
+                prompt_tokens=WORDS,
+            )
+            report.add(
+                system,
+                data["request_throughput"],
+                group=f"c={concurrency}",
+                p50_ms=data["median_e2el_ms"],
+                p99_ms=data["p99_e2el_ms"],
+                requests=data["completed"],
+            )
 
 
 def _offline(count: int) -> float:
@@ -89,20 +93,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "embeddings", "Embeddings: MiniLM, one sentence per request", "req/s", args.smoke
     )
     model = {"minilm": minilm_path()}
-    for system, extra in ((BATCHED, ()), (UNBATCHED, ("--max-batch-size", "1"))):
-        port = free_port()
-        with hfserve_serve(model, port, "--no-auth", "--no-response-cache", *extra):
-            _drive(report, system, f"http://{LOOPBACK}:{port}", levels, seconds)
-    if args.smoke:
-        report.notes.append("LitServe skipped in smoke runs (it takes about a minute to start)")
-    elif importlib.util.find_spec("litserve") is None:
-        report.notes.append("LitServe not installed (pip install litserve): not measured")
-    else:
-        port = free_port()
-        argv = [sys.executable, "_litserve_app.py", str(port), str(minilm_path()), "32"]
-        ready = f"http://{LOOPBACK}:{port}/health"
-        with ServerProcess("litserve", argv, ready_url=ready, cwd=HERE):
-            _drive(report, LITSERVE, f"http://{LOOPBACK}:{port}", levels, seconds)
+    servers: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        for system, extra in ((BATCHED, ()), (UNBATCHED, ("--max-batch-size", "1"))):
+            port = free_port()
+            stack.enter_context(
+                hfserve_serve(model, port, "--no-auth", "--no-response-cache", *extra)
+            )
+            servers[system] = f"http://{LOOPBACK}:{port}"
+        if args.smoke:
+            report.notes.append("LitServe skipped in smoke runs (it takes about a minute to start)")
+        elif importlib.util.find_spec("litserve") is None:
+            report.notes.append("LitServe not installed (pip install litserve): not measured")
+        else:
+            port = free_port()
+            argv = [sys.executable, "_litserve_app.py", str(port), str(minilm_path()), "32"]
+            ready = f"http://{LOOPBACK}:{port}/health"
+            stack.enter_context(ServerProcess("litserve", argv, ready_url=ready, cwd=HERE))
+            servers[LITSERVE] = f"http://{LOOPBACK}:{port}"
+        _drive(report, servers, levels, seconds)
     ceiling = _offline(64 if args.smoke else 2048)
     for concurrency in levels:
         report.add(OFFLINE, ceiling, group=f"c={concurrency}")

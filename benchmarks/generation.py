@@ -23,6 +23,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,39 +48,45 @@ PROMPT_WORDS = 32
 METRIC = "output tok/s"
 
 
+@dataclass(frozen=True, slots=True)
+class _Server:
+    """One server under test: how ``hfserve bench`` must address it."""
+
+    system: str
+    url: str
+    model: str
+    extra_body: dict[str, Any]
+
+
 def _drive(
-    report: Report,
-    system: str,
-    url: str,
-    model: str,
-    levels: Sequence[int],
-    tokens: int,
-    rounds: int,
-    extra_body: dict[str, Any],
+    report: Report, servers: Sequence[_Server], levels: Sequence[int], tokens: int, rounds: int
 ) -> None:
+    # Level by level, the servers back to back: load from elsewhere on the machine then
+    # drifts over both alike instead of landing on whichever ran second.
     for concurrency in levels:
-        data = bench(
-            url,
-            model=model,
-            endpoint=Endpoint.CHAT,
-            concurrency=concurrency,
-            requests=concurrency * rounds,
-            warmup=concurrency,
-            prompt_tokens=PROMPT_WORDS,
-            max_tokens=tokens,
-            extra_body=extra_body,
-        )
-        if data["total_output_tokens"] != data["completed"] * tokens:
-            raise RuntimeError(f"{system}: output lengths differ from {tokens} tokens: {data}")
-        report.add(
-            system,
-            data["output_throughput"],
-            group=f"c={concurrency}",
-            req_s=data["request_throughput"],
-            ttft_p50_ms=data["median_ttft_ms"],
-            ttft_p99_ms=data["p99_ttft_ms"],
-            tpot_p50_ms=data["median_tpot_ms"],
-        )
+        for server in servers:
+            data = bench(
+                server.url,
+                model=server.model,
+                endpoint=Endpoint.CHAT,
+                concurrency=concurrency,
+                requests=concurrency * rounds,
+                warmup=concurrency,
+                prompt_tokens=PROMPT_WORDS,
+                max_tokens=tokens,
+                extra_body=server.extra_body,
+            )
+            if data["total_output_tokens"] != data["completed"] * tokens:
+                raise RuntimeError(f"{server.system}: outputs are not {tokens} tokens: {data}")
+            report.add(
+                server.system,
+                data["output_throughput"],
+                group=f"c={concurrency}",
+                req_s=data["request_throughput"],
+                ttft_p50_ms=data["median_ttft_ms"],
+                ttft_p99_ms=data["p99_ttft_ms"],
+                tpot_p50_ms=data["median_tpot_ms"],
+            )
 
 
 def _offline(path: Path, count: int, tokens: int) -> float:
@@ -122,20 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with temp_dir("hfserve-generation-") as tmp:
         path = tmp / "llama"
         params = build_llama(path, SMOKE if args.smoke else FULL)
-        port = free_port()
+        port, peer_port = free_port(), free_port()
         env = {"HFSERVE_MAX_CONCURRENT_GENERATIONS": str(max(levels))}
-        with hfserve_serve({"llama": path}, port, "--no-auth", "--no-response-cache", env=env):
-            _drive(
-                report,
-                HFSERVE,
-                f"http://{LOOPBACK}:{port}",
-                "llama",
-                levels,
-                tokens,
-                rounds,
-                {"ignore_eos": True},
-            )
-        port = free_port()
         peer = ServerProcess(
             "transformers-serve",
             [
@@ -145,23 +140,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--host",
                 LOOPBACK,
                 "--port",
-                str(port),
+                str(peer_port),
                 "--continuous-batching",
             ],
-            ready_url=f"http://{LOOPBACK}:{port}/health",
+            ready_url=f"http://{LOOPBACK}:{peer_port}/health",
         )
         generation_config = {"max_new_tokens": tokens, "do_sample": False, "eos_token_id": -1}
-        with peer:
-            _drive(
-                report,
+        servers = [
+            _Server(HFSERVE, f"http://{LOOPBACK}:{port}", "llama", {"ignore_eos": True}),
+            _Server(
                 PEER,
-                f"http://{LOOPBACK}:{port}",
+                f"http://{LOOPBACK}:{peer_port}",
                 str(path),
-                levels,
-                tokens,
-                rounds,
                 {"generation_config": json.dumps(generation_config)},
-            )
+            ),
+        ]
+        ours = hfserve_serve({"llama": path}, port, "--no-auth", "--no-response-cache", env=env)
+        with ours, peer:
+            _drive(report, servers, levels, tokens, rounds)
         ceiling = _offline(path, max(levels) * rounds, tokens)
     for concurrency in levels:
         report.add(OFFLINE, ceiling, group=f"c={concurrency}")
