@@ -272,6 +272,23 @@ class ClassificationRequest(_Body):
 T = TypeVar("T", bound=_Body)
 
 
+def _param_path(loc: tuple[int | str, ...]) -> str | None:
+    """``messages.0.role`` from a pydantic error location, without union member tags.
+
+    For a field that accepts several types pydantic appends the member it tried
+    (``prompt.str``, ``input.list[int]``); the client only needs the field's path.
+    """
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or "-" in part):
+            break
+        parts.append(str(part))
+    return ".".join(parts) or None
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "TextPart"})
+
+
 def parse_body(schema: type[T], data: Any) -> T:
     """Validate a decoded JSON body into ``schema``.
 
@@ -284,7 +301,7 @@ def parse_body(schema: type[T], data: Any) -> T:
         body = schema.model_validate(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
+        param = _param_path(first["loc"])
         raise InvalidRequestError(
             f"invalid value for {param or 'body'}: {first['msg']}", param=param
         ) from None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +39,6 @@ def make_client(tmp_path: Path, tiny_models: TinyModels) -> Iterator[ClientFacto
     """Build a started TestClient for settings overrides; closes every client at the end."""
     stack: list[TestClient] = []
 
-    @contextmanager
-    def _noop() -> Iterator[None]:
-        yield
-
     def factory(**overrides: Any) -> TestClient:
         values: dict[str, Any] = {
             "models": model_args(tiny_models),
@@ -64,7 +59,21 @@ def make_client(tmp_path: Path, tiny_models: TinyModels) -> Iterator[ClientFacto
         client.__exit__(None, None, None)
 
 
-@pytest.fixture
-def client(make_client: ClientFactory) -> TestClient:
-    """A ready client with default settings and no keys (auth off)."""
-    return make_client()  # type: ignore[no-any-return]
+@pytest.fixture(scope="module")
+def client(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: TinyModels
+) -> Iterator[TestClient]:
+    """One ready client per module, default settings and no keys (auth off).
+
+    Shared to keep the suite fast: tests using it must not change server state (drain, keys);
+    those use ``make_client``.
+    """
+    settings = Settings.load(
+        None,
+        models=model_args(tiny_models),
+        keys_file=tmp_path_factory.mktemp("keys") / "keys.json",
+        device="cpu",
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as shared:
+        wait_ready(shared)
+        yield shared

@@ -383,7 +383,8 @@ def test_tokens_per_minute_budget(make_client: Any, tmp_path: Any) -> None:
     )
 
 
-def test_drain_refuses_new_work(client: TestClient) -> None:
+def test_drain_refuses_new_work(make_client: Any) -> None:
+    client = make_client()
     state = client.app.state.hfserve  # type: ignore[attr-defined]
     state.begin_drain()
     assert client.get("/ready").status_code == 503
@@ -401,7 +402,8 @@ def test_openapi_document(client: TestClient) -> None:
     )
 
 
-def test_metrics_after_traffic(client: TestClient) -> None:
+def test_metrics_after_traffic(make_client: Any) -> None:
+    client = make_client()
     client.post(
         "/v1/chat/completions", json=CHAT | {"max_tokens": 3, "ignore_eos": True, "stream": True}
     )
