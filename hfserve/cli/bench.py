@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -118,6 +117,8 @@ def bench_command(
 
         def on_record(record: RequestRecord) -> None:
             progress.advance(task)
+
+        import asyncio
 
         result = asyncio.run(run_benchmark(config, on_record=on_record))
     _finish(console, result, json_path)

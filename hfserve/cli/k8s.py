@@ -10,16 +10,14 @@ from typing import Annotated
 
 import typer
 
-from hfserve.deploy.output import dump_documents, write_manifests
-from hfserve.deploy.render import RenderOptions, render
-from hfserve.settings import Settings
+from hfserve.deploy.options import RenderOptions
 
 __all__ = ["k8s_app", "render_command"]
 
 k8s_app = typer.Typer(
     help="Kubernetes deployment: render manifests from your hfserve settings.",
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
 )
 
 _DEFAULTS = RenderOptions()
@@ -78,6 +76,10 @@ def render_command(
     ] = None,
 ) -> None:
     """Render the Deployment, Service, Ingress, ConfigMap, Secret, HPA, PVC and PDB."""
+    from hfserve.deploy.manifests import render
+    from hfserve.deploy.output import dump_documents, write_manifests
+    from hfserve.settings import Settings
+
     settings = Settings.load(config, models=model or None)
     options = RenderOptions(
         name=name,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -13,14 +12,13 @@ import typer
 
 from hfserve.core.keystore import ApiKey, KeyStore
 from hfserve.errors import UnavailableError
-from hfserve.settings import default_keys_file
 
 __all__ = ["keys_app", "parse_duration"]
 
 keys_app = typer.Typer(
     help="Create, list and revoke API keys (a running server picks changes up within a second).",
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
 )
 
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$", re.IGNORECASE)
@@ -55,6 +53,8 @@ def parse_duration(text: str) -> float:
 
 
 def _store(keys_file: Path | None) -> KeyStore:
+    from hfserve.settings import default_keys_file  # pydantic: only when needed
+
     return KeyStore(keys_file.expanduser() if keys_file is not None else default_keys_file())
 
 
@@ -199,6 +199,8 @@ def revoke_command(
     record = store.revoke(key_id)
     if redis_url:
         try:
+            import asyncio
+
             asyncio.run(_publish_revocation(redis_url, record.id))
         except UnavailableError as exc:
             raise UnavailableError(

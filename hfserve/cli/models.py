@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ __all__ = ["models_app"]
 models_app = typer.Typer(
     help="Inspect models before serving them.",
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
 )
 
 
@@ -105,6 +104,8 @@ def _load_and_measure(
         "max_input_tokens": loaded.max_input_tokens,
         "load_seconds": round(seconds, 3),
     }
+    import asyncio
+
     asyncio.run(loaded.aclose())
     return facts
 

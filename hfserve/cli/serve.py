@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from hfserve.errors import ConfigError
-from hfserve.settings import Settings
 
 if TYPE_CHECKING:
     from hfserve.server.state import ServerState
+    from hfserve.settings import Settings
 
 __all__ = ["build_settings", "serve_command"]
 
@@ -114,6 +114,8 @@ def serve_command(
 
 def build_settings(config: Path | None, **flags: Any) -> Settings:
     """Settings for ``serve``: flags over env over the config file, checked for what we support."""
+    from hfserve.settings import Settings
+
     settings = Settings.load(config, **flags)
     if settings.workers > 1 and not settings.redis_url:
         raise ConfigError(

@@ -16,7 +16,7 @@ __all__ = ["skills_app"]
 skills_app = typer.Typer(
     help="The skills that load and serve models: built-ins and `hfserve.skills` plugins.",
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
 )
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from hfserve.deploy.render import KINDS
+from hfserve.deploy.manifests import KINDS
 from hfserve.errors import ConfigError
 
 __all__ = ["HEADER", "dump_documents", "file_name", "write_manifests"]

@@ -1,4 +1,4 @@
-"""``hfserve.deploy.render``: manifests derived from Settings, validated by behaviour."""
+"""``hfserve.deploy.manifests``: manifests derived from Settings, validated by behaviour."""
 
 from __future__ import annotations
 
