@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -34,6 +35,8 @@ class Metrics:
     def __init__(self) -> None:
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self.registry = CollectorRegistry(auto_describe=True)
+        # Labelled children looked up once: labels() takes a lock and validates every call.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         r = self.registry
         self.requests = Counter(
             "hfserve_requests",
@@ -152,6 +155,19 @@ class Metrics:
             "Requests whose client went away before the end.",
             registry=r,
         )
+
+    def observe_request(self, route: str, model: str, status: int, seconds: float) -> None:
+        """Count one finished request and its duration (children cached: this is per request)."""
+        key = (route, model, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(route, model, str(status)),
+                self.request_duration.labels(route, model),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     # --- observers called by the runtime ----------------------------------------------------
     def on_batch(

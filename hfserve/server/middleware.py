@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import time
-import uuid
 from typing import Any
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hfserve.core.rate_limiter import RateDecision
@@ -86,7 +85,7 @@ class RequestContextMiddleware:
         server = self.state
         ctx = _state(scope)
         incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else secrets.token_hex(16)
         ctx["request_id"] = request_id
         path = scope["path"]
         route = route_label(path)
@@ -97,7 +96,10 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)["x-request-id"] = request_id
+                # Appending the raw pair is much cheaper than MutableHeaders' scan-and-replace;
+                # nothing downstream sets x-request-id.
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         server.request_started()
@@ -113,9 +115,7 @@ class RequestContextMiddleware:
             server.request_finished()
             elapsed = time.perf_counter() - started
             model = ctx.get("model", "")
-            metrics = server.metrics
-            metrics.requests.labels(route, model, str(status)).inc()
-            metrics.request_duration.labels(route, model).observe(elapsed)
+            server.metrics.observe_request(route, model, status, elapsed)
             if server.settings.access_log and route not in {"/health", "/ready", "/metrics"}:
                 key = ctx.get("api_key")
                 access_log.info(
@@ -232,11 +232,11 @@ class RateLimitMiddleware:
             await _send_error(exc, scope, receive, send, headers)
             return
 
+        raw = [(name.encode(), value.encode()) for name, value in headers.items()]
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                mutable = MutableHeaders(scope=message)
-                for name, value in headers.items():
-                    mutable[name] = value
+                message["headers"] = [*message.get("headers", []), *raw]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
