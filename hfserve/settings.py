@@ -8,7 +8,6 @@ it down; the server and the Kubernetes renderer read the same object.
 from __future__ import annotations
 
 import contextvars
-import os
 import re
 import tomllib
 from pathlib import Path
@@ -19,6 +18,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from hfserve.errors import ConfigError
+from hfserve.paths import default_cache_dir, default_keys_file
 
 __all__ = ["ENV_PREFIX", "Settings", "default_cache_dir", "default_keys_file", "parse_size"]
 
@@ -64,21 +64,6 @@ def parse_size(value: str | int | float) -> int:
         raise ValueError(f"not a size: {value!r} (try 512MiB, 4GiB or a number of bytes)")
     number, unit = match.group(1), (match.group(2) or "").lower()
     return int(float(number) * _UNITS[unit])
-
-
-def _config_home() -> Path:
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-
-
-def default_keys_file() -> Path:
-    """Where API keys live unless told otherwise: the user's config dir."""
-    return _config_home() / "hfserve" / "keys.json"
-
-
-def default_cache_dir() -> Path:
-    """Where hfserve keeps generated artefacts (the demo chat model)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "hfserve"
 
 
 class _TomlFileSource(PydanticBaseSettingsSource):

@@ -53,7 +53,7 @@ def parse_duration(text: str) -> float:
 
 
 def _store(keys_file: Path | None) -> KeyStore:
-    from hfserve.settings import default_keys_file  # pydantic: only when needed
+    from hfserve.paths import default_keys_file
 
     return KeyStore(keys_file.expanduser() if keys_file is not None else default_keys_file())
 
