@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.plugins import install_offline
 from tests.fixtures.redis_server import redis_server, redis_server_module  # noqa: F401
 from tests.fixtures.tiny_models import TinyModels, build_tiny_models
 
@@ -26,29 +27,9 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A site dir with the test skill plugin (tests/plugin_dist) pip-installed, offline."""
-    import subprocess
-    import sys
-
     target = tmp_path_factory.mktemp("plugin-site")
     source = Path(__file__).parent / "plugin_dist"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(target),
-            str(source),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return target
+    return install_offline(source, target)
 
 
 @pytest.fixture

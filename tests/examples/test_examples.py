@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from hfserve.core.keystore import KeyStore
+from tests.fixtures.plugins import install_offline
 from tests.integration.conftest import StartServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -83,24 +84,7 @@ def keyword_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Build from a copy: pip would otherwise leave build/ artefacts in the examples folder.
     source = tmp_path_factory.mktemp("keyword-src") / "custom_skill"
     shutil.copytree(EXAMPLES / "custom_skill", source)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(target),
-            str(source),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return target
+    return install_offline(source, target)
 
 
 def test_custom_skill_is_listed_once_installed(keyword_plugin: Path) -> None:
