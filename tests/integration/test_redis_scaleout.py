@@ -230,7 +230,17 @@ def test_redis_outage_mid_load_then_recovery(cluster: Cluster) -> None:
     try:
         time.sleep(0.3)
         cluster.redis.stop()
-        time.sleep(1.5)  # the breaker opens; requests flow on the fail-open policy
+        # Wait (bounded) until both replicas have seen the outage; from then on requests flow
+        # on the fail-open policy.
+        deadline = time.monotonic() + 10
+        for server in (cluster.a, cluster.b):
+            while (
+                'hfserve_redis_errors_total{op="rate_limit"}'
+                not in httpx.get(server.url + "/metrics").text
+            ):
+                assert time.monotonic() < deadline, "replica never noticed Redis was down"
+                time.sleep(0.05)
+        time.sleep(0.2)  # let requests already waiting on a Redis timeout finish
         during = len(statuses)
         time.sleep(0.5)
     finally:
