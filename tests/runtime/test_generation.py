@@ -318,6 +318,43 @@ async def test_start_fails_loudly_when_continuous_batching_cannot_run(
     assert not engine.running
 
 
+async def test_concurrent_requests_share_decode_steps(tiny_models: TinyModels) -> None:
+    # The benchmark once showed c=4 at a tenth of c=1's throughput, as if each request were
+    # decoded (or re-prefilled) alone. Count the model's forward passes instead of timing:
+    # four requests of N tokens decoded together take ~N steps, one at a time ~4N.
+    path = tiny_models.llama
+    model = _load(path)
+    steps = 0
+    forward = model.forward
+
+    def counting_forward(*args: Any, **kwargs: Any) -> Any:
+        nonlocal steps
+        steps += 1
+        return forward(*args, **kwargs)
+
+    model.forward = counting_forward
+    engine = GenerationEngine(
+        model,
+        eos_token_ids=[2],
+        options=RuntimeOptions(max_concurrent_generations=4),
+        max_context=256,
+    )
+    await engine.start()
+    n = 24
+    try:
+        steps, rows_before = 0, engine.stats.sampled_rows  # the start-up probe ran one step
+        prompts = [_prompt(path, f"{PROMPT} number {i}") for i in range(4)]
+        streams = [engine.submit(_greedy(p, n, ignore_eos=True)) for p in prompts]
+        results = await asyncio.gather(*(_collect(s) for s in streams))
+    finally:
+        await engine.aclose()
+    assert [len(tokens) for tokens, _ in results] == [n] * 4
+    # One prefill step yields each request's first token; a request that arrived a step late
+    # adds one more. Anything near 4 * n means the requests are not sharing steps.
+    assert n <= steps <= n + 2
+    assert engine.stats.sampled_rows - rows_before == 4 * n
+
+
 async def test_kv_cache_is_sized_from_concurrency(tiny_models: TinyModels) -> None:
     sizes = []
     for concurrency in (1, 4):
