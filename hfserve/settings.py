@@ -176,6 +176,13 @@ class Settings(BaseSettings):
     max_concurrent_generations: int = Field(
         16, ge=1, description="Generations decoded together per model (continuous batching)."
     )
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="Threads torch uses for CPU inference (torch.set_num_threads); 0 keeps "
+        "torch's default (one per core). Set it below the core count when other processes "
+        "share the CPU: oversubscribed threads wait on each other.",
+    )
 
     # --- response cache ---------------------------------------------------------------------
     response_cache: bool = Field(True, description="Cache deterministic responses.")

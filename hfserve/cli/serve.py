@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,11 @@ def serve_command(
     cache_memory: str = typer.Option(
         None, help="Byte budget for loaded models, e.g. 8GiB (0 = none).", show_default=False
     ),
+    torch_threads: int = typer.Option(
+        None,
+        help="Threads torch uses for CPU inference (0: torch's default, one per core).",
+        show_default=False,
+    ),
     response_cache: bool = typer.Option(
         None,
         "--response-cache/--no-response-cache",
@@ -105,6 +111,7 @@ def serve_command(
         max_loaded_models=max_loaded_models,
         cache_memory=cache_memory,
         response_cache=response_cache,
+        torch_threads=torch_threads,
         redis_url=redis_url,
         grace_period=grace_period,
         log_level=log_level,
@@ -124,6 +131,18 @@ def build_settings(config: Path | None, **flags: Any) -> Settings:
             "every model; one worker per container with more replicas is often the better fit)"
         )
     return settings
+
+
+def apply_torch_threads(settings: Settings) -> None:
+    """Fix torch's CPU thread count for the whole process (workers inherit it).
+
+    OpenMP reads its thread count per thread, when torch first loads: so this sets the
+    environment before anything imports torch rather than calling ``torch.set_num_threads``,
+    which would only affect the calling thread and not the batcher or engine threads.
+    """
+    if settings.torch_threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(settings.torch_threads)
 
 
 def _is_loopback(host: str) -> bool:
@@ -148,6 +167,7 @@ def run_server(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    apply_torch_threads(settings)
     app = create_app(settings)
     state: ServerState = app.state.hfserve
     console = Console(stderr=True)

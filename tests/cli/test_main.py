@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from typer.testing import CliRunner
 
@@ -61,3 +63,17 @@ def test_serve_rejects_workers_without_redis(capsys: pytest.CaptureFixture[str])
         main(["serve", "--workers", "3", "--model", "x"])
     assert info.value.code == 2
     assert "--workers > 1 needs --redis-url" in capsys.readouterr().err
+
+
+def test_torch_threads_are_fixed_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hfserve.cli.serve import apply_torch_threads
+    from hfserve.settings import Settings
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, "unset")  # registers the original value for restoring
+        monkeypatch.delenv(var)
+    apply_torch_threads(Settings.load(None))
+    assert "OMP_NUM_THREADS" not in os.environ  # 0 keeps torch's default
+    apply_torch_threads(Settings.load(None, torch_threads=1))
+    assert os.environ["OMP_NUM_THREADS"] == "1"
+    assert os.environ["MKL_NUM_THREADS"] == "1"
