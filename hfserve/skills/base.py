@@ -11,6 +11,8 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from hfserve.core.batcher import BatchObserver
+
 __all__ = [
     "TASK_CLASSIFICATION",
     "TASK_EMBEDDINGS",
@@ -63,17 +65,6 @@ class SkillInfo:
             "version": self.version,
             "source": self.source,
         }
-
-
-@runtime_checkable
-class BatchObserver(Protocol):
-    """Receives one call per executed micro-batch (for metrics)."""
-
-    def on_batch(
-        self, model: str, size: int, queue_waits: Sequence[float], run_seconds: float
-    ) -> None:
-        """Record a batch of ``size`` items that waited ``queue_waits`` and ran ``run_seconds``."""
-        ...
 
 
 @dataclass(frozen=True)
