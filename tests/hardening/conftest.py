@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +11,8 @@ import pytest
 
 from hfserve.core.keystore import KeyStore
 from tests.fixtures.tiny_models import TinyModels
-from tests.integration.conftest import ServerProcess, free_port, wait_ready
-from tests.server.conftest import client, make_client  # noqa: F401 - re-exported fixtures
+from tests.integration.conftest import ServerProcess, spawn_server, wait_ready
+from tests.server.conftest import client, make_client, model_args  # noqa: F401 - re-exported fixtures
 
 # The real API key the keyed server accepts; tests scan its log for this exact text.
 KEY_NAME = "hardening"
@@ -59,39 +56,12 @@ def keyed_server(
     home = tmp_path_factory.mktemp("keyed-server")
     keys_file = home / "keys.json"
     _, key = KeyStore(keys_file).create(KEY_NAME)
-    port = free_port()
-    log_path = home / "server.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "hfserve",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--keys-file",
-        str(keys_file),
-        "--device",
-        "cpu",
-        "--log-level",
-        "debug",
-        "--model",
-        f"tiny-llama={tiny_models.llama}",
-        "--model",
-        f"tiny-bert={tiny_models.bert}",
-        "--model",
-        f"tiny-cls={tiny_models.bert_cls}",
-    ]
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = ServerProcess(proc, port, log_path)
+    server = spawn_server(home, model_args(tiny_models), keys_file, "--log-level", "debug")
     try:
         wait_ready(server)
         yield KeyedServer(server, key)
     finally:
-        if proc.poll() is None:
+        if server.proc.poll() is None:
             server.stop()
 
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.fixtures.tiny_models import TinyModels
+from tests.server.conftest import model_args
 
 
 def free_port() -> int:
@@ -70,6 +71,27 @@ def wait_ready(server: ServerProcess, timeout: float = 180.0) -> None:
 StartServer = Callable[..., ServerProcess]
 
 
+def spawn_server(
+    workdir: Path,
+    models: list[str],
+    keys_file: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
+    """Start ``python -m hfserve serve`` on a free loopback port, logging to ``workdir``."""
+    port = free_port()
+    log_path = workdir / f"server-{port}.log"
+    cmd = [sys.executable, "-m", "hfserve", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--keys-file", str(keys_file), "--device", "cpu"]
+    for model in models:
+        cmd += ["--model", model]
+    cmd += list(extra)
+    full_env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"} | (env or {})
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+    return ServerProcess(proc, port, log_path)
+
+
 @pytest.fixture
 def start_server(tmp_path: Path, tiny_models: TinyModels) -> Iterator[StartServer]:
     """Start ``python -m hfserve serve`` with the tiny models; every server is stopped at the end."""
@@ -81,38 +103,10 @@ def start_server(tmp_path: Path, tiny_models: TinyModels) -> Iterator[StartServe
         env: dict[str, str] | None = None,
         keys_file: Path | None = None,
     ) -> ServerProcess:
-        port = free_port()
-        log_path = tmp_path / f"server-{port}.log"
-        model_args = (
-            models
-            if models is not None
-            else [
-                f"tiny-llama={tiny_models.llama}",
-                f"tiny-bert={tiny_models.bert}",
-                f"tiny-cls={tiny_models.bert_cls}",
-            ]
+        models = models if models is not None else model_args(tiny_models)
+        server = spawn_server(
+            tmp_path, models, keys_file or tmp_path / "keys.json", *extra, env=env
         )
-        cmd = [
-            sys.executable,
-            "-m",
-            "hfserve",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--keys-file",
-            str(keys_file or tmp_path / "keys.json"),
-            "--device",
-            "cpu",
-        ]
-        for m in model_args:
-            cmd += ["--model", m]
-        cmd += list(extra)
-        full_env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"} | (env or {})
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
-        server = ServerProcess(proc, port, log_path)
         started.append(server)
         wait_ready(server)
         return server
