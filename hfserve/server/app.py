@@ -25,10 +25,7 @@ from hfserve.runtime.loader import ModelLoader
 from hfserve.server.errors import error_body, error_response, unhandled_error_response
 from hfserve.server.metrics import Metrics
 from hfserve.server.middleware import (
-    AuthMiddleware,
-    BodyLimitMiddleware,
-    RateLimitMiddleware,
-    RequestContextMiddleware,
+    ServingMiddleware,
 )
 from hfserve.server.openapi import build_openapi
 from hfserve.server.requests import ClientDisconnectedError, json_response
@@ -101,19 +98,22 @@ def create_app(
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_doc)
 
+    # Starlette tries routes in order: the API routes, which carry the traffic, come first.
     routes = [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/classifications", classifications, methods=["POST"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
-        Route("/v1/models", list_models, methods=["GET"]),
-        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/completions", completions, methods=["POST"]),
-        Route("/v1/embeddings", embeddings, methods=["POST"]),
-        Route("/v1/classifications", classifications, methods=["POST"]),
     ]
-    middleware = [Middleware(RequestContextMiddleware, state=state)]
+    # CORS outermost: it answers preflights itself and adds its headers to every response,
+    # refusals (401, 429, 413) included, so browsers can read those errors.
+    middleware = []
     if settings.cors_origins:
         middleware.append(
             Middleware(
@@ -124,11 +124,7 @@ def create_app(
                 expose_headers=["x-request-id", "retry-after", "x-cache"],
             )
         )
-    middleware += [
-        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
-        Middleware(AuthMiddleware, state=state),
-        Middleware(RateLimitMiddleware, state=state),
-    ]
+    middleware.append(Middleware(ServingMiddleware, state=state))
     app = Starlette(
         routes=routes,
         middleware=middleware,

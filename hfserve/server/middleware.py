@@ -1,8 +1,9 @@
-"""The middleware stack, as plain ASGI classes (cheap: no per-request Request objects).
+"""hfserve's middleware: one plain ASGI class (cheap: no per-request Request objects).
 
-Order, outermost first: request context (request id, in-flight, drain, metrics, access log)
--> body size limit -> auth -> rate limit -> routes. Each layer stores what later layers need
-in ``scope["state"]`` (``request_id``, ``api_key``, ``rate_limits``, ``model``).
+It handles, in order: request id, in-flight accounting, drain refusal, body size limit, auth,
+rate limit; then the route; then metrics and the access log. It stores what routes need in
+``scope["state"]`` (``request_id``, ``api_key``, ``rate_subject``, ``rate_limits``) and
+reads back ``model`` for the metrics labels. CORS, when enabled, wraps it (see app.py).
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from hfserve.server.errors import error_response
 from hfserve.server.state import ServerState
 
 __all__ = [
-    "AuthMiddleware",
-    "BodyLimitMiddleware",
-    "RateLimitMiddleware",
-    "RequestContextMiddleware",
+    "ServingMiddleware",
     "format_reset",
+    "rate_limit_headers",
+    "refusal_headers",
     "route_label",
 ]
 
@@ -60,23 +60,26 @@ def _state(scope: Scope) -> dict[str, Any]:
     return scope.setdefault("state", {})  # type: ignore[no-any-return]
 
 
-async def _send_error(
-    exc: HfServeError,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    headers: dict[str, str] | None = None,
-) -> None:
-    response = error_response(exc, headers)
-    await response(scope, receive, send)
+class ServingMiddleware:
+    """Everything hfserve does around a route, as one ASGI layer.
 
-
-class RequestContextMiddleware:
-    """Request id in and out, in-flight accounting, drain refusal, metrics and the access log."""
+    In order: request id in and out, in-flight accounting, drain refusal, the body size limit
+    (by header and while the body streams in), API-key auth, the per-key rate limit with
+    OpenAI's ``x-ratelimit-*`` headers, then metrics and the access log once the response is
+    done. One layer rather than one per concern because each layer costs a coroutine frame and
+    a ``send`` wrapper on every request, and this is the whole per-request budget of a server
+    whose cheapest routes answer in tens of microseconds (benchmarks/overhead.py).
+    """
 
     def __init__(self, app: ASGIApp, state: ServerState) -> None:
         self.app = app
         self.state = state
+        self.max_bytes = state.settings.max_body_bytes
+        public = set(_ALWAYS_PUBLIC) | {"/openapi.json"}
+        if state.settings.public_metrics:
+            public.add("/metrics")
+        self.public = frozenset(public)
+        self.access_log = state.settings.access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,34 +92,35 @@ class RequestContextMiddleware:
         ctx["request_id"] = request_id
         path = scope["path"]
         route = route_label(path)
+        # Headers every response of this request carries, whoever writes it (route or error).
+        # Appending raw pairs is much cheaper than MutableHeaders' scan-and-replace; nothing
+        # downstream sets these names.
+        extra = [(b"x-request-id", request_id.encode())]
         status = 500
         started = time.perf_counter()
 
-        async def send_with_id(message: Message) -> None:
+        async def send_with_headers(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                # Appending the raw pair is much cheaper than MutableHeaders' scan-and-replace;
-                # nothing downstream sets x-request-id.
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
         server.request_started()
         try:
-            if server.draining and path not in _ALWAYS_PUBLIC and path != "/metrics":
-                try:
-                    server.check_accepting()
-                except HfServeError as exc:
-                    await _send_error(exc, scope, receive, send_with_id)
-                    return
-            await self.app(scope, receive, send_with_id)
+            refusal = await self._admit(scope, ctx, path, extra)
+            if refusal is not None:
+                await error_response(refusal, refusal_headers(refusal))(
+                    scope, receive, send_with_headers
+                )
+                return
+            await self.app(scope, self._limited(receive), send_with_headers)
         finally:
             server.request_finished()
             elapsed = time.perf_counter() - started
             model = ctx.get("model", "")
             server.metrics.observe_request(route, model, status, elapsed)
-            if server.settings.access_log and route not in {"/health", "/ready", "/metrics"}:
+            if self.access_log and route not in {"/health", "/ready", "/metrics"}:
                 key = ctx.get("api_key")
                 access_log.info(
                     "method=%s path=%s status=%d duration_ms=%.1f request_id=%s model=%s key_id=%s",
@@ -129,27 +133,63 @@ class RequestContextMiddleware:
                     key.id if key is not None else "-",
                 )
 
+    async def _admit(
+        self, scope: Scope, ctx: dict[str, Any], path: str, extra: list[tuple[bytes, bytes]]
+    ) -> HfServeError | None:
+        """The error that refuses this request before it reaches a route, or None to admit it."""
+        server = self.state
+        if server.draining and path not in _ALWAYS_PUBLIC and path != "/metrics":
+            try:
+                server.check_accepting()
+            except HfServeError as exc:
+                return exc
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return self._too_large()
+        if path in self.public or scope["method"] == "OPTIONS":
+            return None
+        key = None
+        if server.auth_enabled():
+            presented = _presented_key(scope)
+            try:
+                if not presented:
+                    raise AuthError(
+                        "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+                    )
+                key = ctx["api_key"] = server.keystore.verify(presented)
+            except AuthError as exc:
+                server.metrics.auth_failures.inc()
+                return exc
+        if not path.startswith("/v1/"):
+            return None
+        limits = server.limits_for(key)
+        if not limits.requests_per_minute and not limits.tokens_per_minute:
+            return None
+        subject = key.id if key is not None else f"ip:{(scope.get('client') or ('-', 0))[0]}"
+        ctx["rate_subject"] = subject
+        ctx["rate_limits"] = limits
+        decision = await server.rate_limiter.allow(subject, limits)
+        extra += [(name.encode(), value.encode()) for name, value in rate_limit_headers(decision)]
+        if decision.allowed:
+            return None
+        budget = (
+            "requests" if decision.remaining_requests <= 0 < decision.limit_requests else "tokens"
+        )
+        server.metrics.rate_limited.labels(budget).inc()
+        return RateLimitedError(
+            f"rate limit reached for {budget} per minute; retry after {decision.retry_after:.1f}s",
+            retry_after=decision.retry_after,
+        )
 
-class BodyLimitMiddleware:
-    """Refuse bodies over ``max_body_bytes`` with 413, by header and while streaming in."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.max_bytes
-        too_large = PayloadTooLargeError(
-            f"request body is larger than the server's limit of {limit} bytes",
+    def _too_large(self) -> PayloadTooLargeError:
+        return PayloadTooLargeError(
+            f"request body is larger than the server's limit of {self.max_bytes} bytes",
             code="request_too_large",
         )
-        length = _header(scope, b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            await _send_error(too_large, scope, receive, send)
-            return
+
+    def _limited(self, receive: Receive) -> Receive:
+        """``receive`` that raises 413 once the streamed body passes the limit."""
+        limit = self.max_bytes
         received = 0
 
         async def limited_receive() -> Message:
@@ -158,101 +198,32 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise too_large
+                    raise self._too_large()
             return message
 
-        await self.app(scope, limited_receive, send)
+        return limited_receive
 
 
-class AuthMiddleware:
-    """API keys from ``Authorization: Bearer`` or ``x-api-key``; every route but the public ones."""
-
-    def __init__(self, app: ASGIApp, state: ServerState) -> None:
-        self.app = app
-        self.state = state
-        public = set(_ALWAYS_PUBLIC) | {"/openapi.json"}
-        if state.settings.public_metrics:
-            public.add("/metrics")
-        self.public = frozenset(public)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.public or scope["method"] == "OPTIONS":
-            await self.app(scope, receive, send)
-            return
-        server = self.state
-        if server.auth_enabled():
-            presented = _presented_key(scope)
-            try:
-                if not presented:
-                    raise AuthError(
-                        "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
-                    )
-                _state(scope)["api_key"] = server.keystore.verify(presented)
-            except AuthError as exc:
-                server.metrics.auth_failures.inc()
-                await _send_error(exc, scope, receive, send, {"WWW-Authenticate": "Bearer"})
-                return
-        await self.app(scope, receive, send)
+def refusal_headers(exc: HfServeError) -> dict[str, str] | None:
+    """Headers a refusal needs beyond the error body (``WWW-Authenticate`` on a 401)."""
+    return {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
 
 
-class RateLimitMiddleware:
-    """Per-key requests/min and tokens/min, with OpenAI's ``x-ratelimit-*`` headers."""
-
-    def __init__(self, app: ASGIApp, state: ServerState) -> None:
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
-            await self.app(scope, receive, send)
-            return
-        server = self.state
-        ctx = _state(scope)
-        key = ctx.get("api_key")
-        limits = server.limits_for(key)
-        if not limits.requests_per_minute and not limits.tokens_per_minute:
-            await self.app(scope, receive, send)
-            return
-        subject = key.id if key is not None else f"ip:{(scope.get('client') or ('-', 0))[0]}"
-        ctx["rate_subject"] = subject
-        ctx["rate_limits"] = limits
-        decision = await server.rate_limiter.allow(subject, limits)
-        headers = rate_limit_headers(decision)
-        if not decision.allowed:
-            budget = (
-                "requests"
-                if decision.remaining_requests <= 0 < decision.limit_requests
-                else "tokens"
-            )
-            server.metrics.rate_limited.labels(budget).inc()
-            exc = RateLimitedError(
-                f"rate limit reached for {budget} per minute; retry after {decision.retry_after:.1f}s",
-                retry_after=decision.retry_after,
-            )
-            await _send_error(exc, scope, receive, send, headers)
-            return
-
-        raw = [(name.encode(), value.encode()) for name, value in headers.items()]
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *raw]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-def rate_limit_headers(decision: RateDecision) -> dict[str, str]:
+def rate_limit_headers(decision: RateDecision) -> list[tuple[str, str]]:
     """OpenAI's ``x-ratelimit-*`` headers for the budgets that are limited."""
-    headers: dict[str, str] = {}
+    headers: list[tuple[str, str]] = []
     if decision.limit_requests:
-        headers["x-ratelimit-limit-requests"] = str(decision.limit_requests)
-        headers["x-ratelimit-remaining-requests"] = str(max(0, decision.remaining_requests))
-        headers["x-ratelimit-reset-requests"] = format_reset(decision.reset_requests)
+        headers += [
+            ("x-ratelimit-limit-requests", str(decision.limit_requests)),
+            ("x-ratelimit-remaining-requests", str(max(0, decision.remaining_requests))),
+            ("x-ratelimit-reset-requests", format_reset(decision.reset_requests)),
+        ]
     if decision.limit_tokens:
-        headers["x-ratelimit-limit-tokens"] = str(decision.limit_tokens)
-        headers["x-ratelimit-remaining-tokens"] = str(max(0, decision.remaining_tokens))
-        headers["x-ratelimit-reset-tokens"] = format_reset(decision.reset_tokens)
+        headers += [
+            ("x-ratelimit-limit-tokens", str(decision.limit_tokens)),
+            ("x-ratelimit-remaining-tokens", str(max(0, decision.remaining_tokens))),
+            ("x-ratelimit-reset-tokens", format_reset(decision.reset_tokens)),
+        ]
     return headers
 
 

@@ -71,6 +71,49 @@ def test_models_list_and_get(client: TestClient) -> None:
     assert_error(client.get("/v1/models/nope"), 404, code="model_not_found")
 
 
+def test_models_list_follows_loads_and_evictions(make_client: Any) -> None:
+    # The encoded listing is cached between requests: it must change when a model unloads
+    # and again when it loads.
+    client = make_client()
+    loader = client.app.state.hfserve.loader  # type: ignore[attr-defined]
+
+    def loaded() -> dict[str, bool]:
+        return {m["id"]: m["loaded"] for m in client.get("/v1/models").json()["data"]}
+
+    assert loaded() == {"tiny-llama": True, "tiny-bert": True, "tiny-cls": True}
+    assert client.portal.call(loader.evict, "tiny-bert")  # type: ignore[union-attr]
+    assert loaded() == {"tiny-llama": True, "tiny-bert": False, "tiny-cls": True}
+    embedded = client.post("/v1/embeddings", json={"model": "tiny-bert", "input": "hi"})
+    assert embedded.status_code == 200
+    assert loaded()["tiny-bert"] is True
+
+
+def test_refusals_carry_cors_and_request_id_headers(make_client: Any, tmp_path: Any) -> None:
+    # CORS wraps the whole stack, so a browser can read a 401/429 too; preflights are answered
+    # without a key.
+    origin = "https://app.example"
+    _, key = KeyStore(tmp_path / "keys.json").create("web", rpm=1)
+    client = make_client(cors_origins=[origin])
+    refused = client.get("/v1/models", headers={"Origin": origin})
+    assert_error(refused, 401, code="invalid_api_key")
+    assert refused.headers["access-control-allow-origin"] == origin
+    assert refused.headers["www-authenticate"] == "Bearer"
+    assert len(refused.headers["x-request-id"]) == 32
+    preflight = client.options(
+        "/v1/chat/completions",
+        headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == origin
+    headers = {"Origin": origin, "Authorization": f"Bearer {key}", "x-request-id": "r-1"}
+    assert client.get("/v1/models", headers=headers).status_code == 200
+    limited = client.get("/v1/models", headers=headers)
+    assert_error(limited, 429, code="rate_limit_exceeded")
+    assert limited.headers["access-control-allow-origin"] == origin
+    assert limited.headers["x-request-id"] == "r-1"
+    assert limited.headers["x-ratelimit-remaining-requests"] == "0"
+
+
 def test_chat_completion(client: TestClient) -> None:
     response = client.post("/v1/chat/completions", json=CHAT | {"max_tokens": 5, "temperature": 0})
     assert response.status_code == 200, response.text
