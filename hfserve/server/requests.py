@@ -19,6 +19,7 @@ __all__ = [
     "ClientDisconnectedError",
     "cached_json",
     "charge_tokens",
+    "dumps_json",
     "json_response",
     "load_model",
     "read_json",
@@ -140,11 +141,12 @@ def json_response(
 ) -> Response:
     """A compact JSON response."""
     return Response(
-        _dumps(payload), status_code=status, media_type="application/json", headers=headers
+        dumps_json(payload), status_code=status, media_type="application/json", headers=headers
     )
 
 
-def _dumps(payload: Any) -> bytes:
+def dumps_json(payload: Any) -> bytes:
+    """Compact UTF-8 JSON, the encoding of every JSON body the server sends."""
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
@@ -171,7 +173,7 @@ async def cached_json(
         return json_response(refresh(body) if refresh else body, headers={"x-cache": "hit"})
     state.metrics.cache_misses.inc()
     payload = await produce()
-    await cache.put(key, _dumps(payload))
+    await cache.put(key, dumps_json(payload))
     return json_response(payload, headers={"x-cache": "miss"})
 
 

@@ -39,6 +39,8 @@ class ServerState:
     preload_error: str | None = None
     in_flight: int = 0
     started_at: int = 0
+    # The encoded ``/v1/models`` body and the state it was built from (see routes/ops.py).
+    models_listing: tuple[object, bytes] | None = None
     # Extra readiness dependencies (Redis): details for /ready and whether they block it.
     extra_ready_checks: Callable[[], Awaitable[ReadyReport]] | None = None
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -74,14 +76,14 @@ class ServerState:
 
     def request_started(self) -> None:
         """Count a request in flight (drain waits for these)."""
+        # The in-flight gauge is set when metrics are read (refresh_gauges), not here: two
+        # gauge writes per request would be a measurable share of a cheap request's cost.
         self.in_flight += 1
         self._idle.clear()
-        self.metrics.in_flight.set(self.in_flight)
 
     def request_finished(self) -> None:
         """A request in flight has ended."""
         self.in_flight -= 1
-        self.metrics.in_flight.set(self.in_flight)
         if self.in_flight <= 0:
             self._idle.set()
 
@@ -113,8 +115,9 @@ class ServerState:
 
     # --- metrics ----------------------------------------------------------------------------
     def refresh_gauges(self) -> None:
-        """Set the point-in-time gauges (queue depth, active generations, breakers) for a scrape."""
+        """Set the point-in-time gauges (in flight, queues, generations, breakers) for a scrape."""
         m = self.metrics
+        m.in_flight.set(self.in_flight)
         loaded = self.loader.loaded()
         m.models_loaded.set(len(loaded))
         cache = self.loader.cache

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from hfserve.server.metrics import CONTENT_TYPE
-from hfserve.server.requests import json_response, server_state
+from hfserve.server.requests import dumps_json, json_response, server_state
 
 __all__ = ["get_model", "health", "list_models", "metrics", "ready"]
 
@@ -59,8 +59,15 @@ def _model_card(state: Any, alias: str) -> dict[str, Any]:
 async def list_models(request: Request) -> Response:
     """The models this server serves, with which are loaded and pinned."""
     state = server_state(request)
-    data = [_model_card(state, alias) for alias in state.loader.specs]
-    return json_response({"object": "list", "data": data})
+    # Clients poll this route (health checks, SDK start-up), and its body only changes when a
+    # model loads or is evicted: keep the encoded body until the set of loaded models changes.
+    fingerprint = (state.started_at, frozenset(state.loader.loaded()))
+    cached = state.models_listing
+    if cached is None or cached[0] != fingerprint:
+        data = [_model_card(state, alias) for alias in state.loader.specs]
+        cached = (fingerprint, dumps_json({"object": "list", "data": data}))
+        state.models_listing = cached
+    return Response(cached[1], media_type="application/json")
 
 
 async def get_model(request: Request) -> Response:
