@@ -13,7 +13,8 @@ import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from functools import lru_cache
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from hfserve.core.clock import Clock, MonotonicClock
 from hfserve.errors import InvalidRequestError
@@ -48,8 +49,7 @@ class RateLimits:
             raise ValueError("rate limits cannot be negative (0 means unlimited)")
 
 
-@dataclass(frozen=True)
-class RateDecision:
+class RateDecision(NamedTuple):
     """The outcome of :meth:`RateLimiter.allow`, with what the ``x-ratelimit-*`` headers need.
 
     ``retry_after`` is how long until this same request would be admitted (0 when allowed);
@@ -66,8 +66,7 @@ class RateDecision:
     reset_tokens: float
 
 
-@dataclass(frozen=True)
-class BucketSpec:
+class BucketSpec(NamedTuple):
     """One bucket an operation touches: its name, shape, and what the operation costs."""
 
     name: str
@@ -76,8 +75,7 @@ class BucketSpec:
     cost: float
 
 
-@dataclass(frozen=True)
-class BucketState:
+class BucketState(NamedTuple):
     """A bucket after an operation: its level, and whether the cost was taken."""
 
     level: float
@@ -147,15 +145,18 @@ class MemoryRateLimitBackend:
             if self._ops % _SWEEP_EVERY == 0:
                 self._sweep(now)
             buckets = [self._refilled(key, spec, now) for spec in specs]
-            pay = not conditional or all(
-                b.level + _EPSILON >= s.cost for b, s in zip(buckets, specs, strict=True)
-            )
+            pay = True
+            if conditional:
+                for bucket, spec in zip(buckets, specs, strict=True):
+                    if bucket.level + _EPSILON < spec.cost:
+                        pay = False
+                        break
             states = []
             for bucket, spec in zip(buckets, specs, strict=True):
                 if pay:
                     bucket.level -= spec.cost
                     bucket.full_at = bucket.updated + _time_to(spec.capacity, bucket.level, spec)
-                states.append(BucketState(level=bucket.level, debited=pay))
+                states.append(BucketState(bucket.level, pay))
             return states
 
     def _refilled(self, key: str, spec: BucketSpec, now: float) -> _Bucket:
@@ -221,7 +222,15 @@ class RateLimiter:
                 )
         if not specs:
             return RateDecision(True, 0.0, 0, 0, 0.0, 0, 0, 0.0)
-        states = await self.backend.acquire(key, specs, self._clock.now())
+        backend = self.backend
+        if type(backend) is MemoryRateLimitBackend:
+            # Every request of a single-process server comes through here: skip the coroutine
+            # round trip of the async interface for the backend that never awaits anything.
+            states: Sequence[BucketState] = backend._apply(
+                key, specs, self._clock.now(), conditional=True
+            )
+        else:
+            states = await backend.acquire(key, specs, self._clock.now())
         return _decision(specs, states)
 
     async def charge(self, key: str, limits: RateLimits, tokens: int) -> None:
@@ -238,30 +247,36 @@ class RateLimiter:
         await self.backend.debit(key, specs, self._clock.now())
 
 
-def _specs(limits: RateLimits, *, requests: int = 0, tokens: int = 0) -> list[BucketSpec]:
+@lru_cache(maxsize=4096)
+def _specs_for(rpm: int, tpm: int, requests: int, tokens: int) -> tuple[BucketSpec, ...]:
+    # Cached: nearly every call asks for the same few shapes (one request, a key's limits).
     specs = []
-    if limits.requests_per_minute:
-        rpm = limits.requests_per_minute
+    if rpm:
         specs.append(BucketSpec("requests", float(rpm), rpm / 60.0, float(requests)))
-    if limits.tokens_per_minute:
-        tpm = limits.tokens_per_minute
+    if tpm:
         specs.append(BucketSpec("tokens", float(tpm), tpm / 60.0, float(tokens)))
-    return specs
+    return tuple(specs)
+
+
+def _specs(limits: RateLimits, *, requests: int = 0, tokens: int = 0) -> tuple[BucketSpec, ...]:
+    return _specs_for(limits.requests_per_minute, limits.tokens_per_minute, requests, tokens)
 
 
 def _decision(specs: Sequence[BucketSpec], states: Sequence[BucketState]) -> RateDecision:
     allowed = all(state.debited for state in states)
     retry_after = 0.0
-    report: dict[str, tuple[int, int, float]] = {}
+    req: tuple[int, int, float] = (0, 0, 0.0)
+    tok: tuple[int, int, float] = (0, 0, 0.0)
     for spec, state in zip(specs, states, strict=True):
         if not allowed:
             retry_after = max(retry_after, _time_to(spec.cost, state.level, spec))
-        remaining = max(0, math.floor(state.level + _EPSILON))
-        report[spec.name] = (
+        report = (
             int(spec.capacity),
-            remaining,
+            max(0, math.floor(state.level + _EPSILON)),
             _time_to(spec.capacity, state.level, spec),
         )
-    req = report.get("requests", (0, 0, 0.0))
-    tok = report.get("tokens", (0, 0, 0.0))
+        if spec.name == "requests":
+            req = report
+        else:
+            tok = report
     return RateDecision(allowed, retry_after, *req, *tok)
