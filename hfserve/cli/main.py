@@ -1,7 +1,9 @@
 """The ``hfserve`` Typer application and its entry point.
 
-Sub-command modules are imported here, so each must stay light at import time: heavy
-libraries (torch, transformers, starlette, uvicorn) are imported inside command bodies.
+Sub-command modules are listed in :data:`COMMANDS` and imported only when that command runs
+or shows its help (see :mod:`hfserve.cli.lazy`), so ``hfserve --help`` imports none of them.
+Each must still stay light at import time: heavy libraries (torch, transformers, starlette,
+uvicorn) are imported inside command bodies.
 """
 
 from __future__ import annotations
@@ -11,17 +13,62 @@ import sys
 import typer
 
 from hfserve._version import __version__
-from hfserve.cli.bench import bench_command
 from hfserve.cli.errors import exit_code_for
-from hfserve.cli.hardware import hardware_command
-from hfserve.cli.k8s import k8s_app
-from hfserve.cli.keys import keys_app
-from hfserve.cli.models import models_app
-from hfserve.cli.serve import serve_command
-from hfserve.cli.skills import skills_app
+from hfserve.cli.lazy import LazyCommand, LazyTyperGroup
 from hfserve.errors import HfServeError
 
-__all__ = ["app", "main"]
+__all__ = ["COMMANDS", "app", "main"]
+
+# Root help order. short_help must be what the command itself declares (its help's first
+# sentence); tests/cli/test_main.py builds each command and fails when the two differ.
+COMMANDS: tuple[LazyCommand, ...] = (
+    LazyCommand(
+        "serve",
+        "hfserve.cli.serve",
+        "serve_command",
+        "Serve models over an OpenAI-compatible HTTP API (flags > HFSERVE_* env > config file).",
+    ),
+    LazyCommand(
+        "hardware",
+        "hfserve.cli.hardware",
+        "hardware_command",
+        "Show CPU, RAM, CUDA/MPS devices and memory, and the device and dtype hfserve would use.",
+    ),
+    LazyCommand(
+        "bench",
+        "hfserve.cli.bench",
+        "bench_command",
+        "Benchmark an OpenAI-compatible server: throughput, E2E latency, TTFT, TPOT and ITL.",
+    ),
+    LazyCommand(
+        "keys",
+        "hfserve.cli.keys",
+        "keys_app",
+        "Create, list and revoke API keys (a running server picks changes up within a second).",
+    ),
+    LazyCommand(
+        "skills",
+        "hfserve.cli.skills",
+        "skills_app",
+        "The skills that load and serve models: built-ins and `hfserve.skills` plugins.",
+    ),
+    LazyCommand(
+        "models", "hfserve.cli.models", "models_app", "Inspect models before serving them."
+    ),
+    LazyCommand(
+        "k8s",
+        "hfserve.cli.k8s",
+        "k8s_app",
+        "Kubernetes deployment: render manifests from your hfserve settings.",
+    ),
+)
+
+
+class _RootGroup(LazyTyperGroup):
+    """The root command: ``--version`` and the sub-commands of :data:`COMMANDS`, built lazily."""
+
+    lazy_commands = COMMANDS
+
 
 app = typer.Typer(
     name="hfserve",
@@ -31,6 +78,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode=None,
+    cls=_RootGroup,
 )
 
 
@@ -52,15 +100,6 @@ def _root(
     ),
 ) -> None:
     """Serve HuggingFace transformers models in production."""
-
-
-app.command("serve")(serve_command)
-app.command("hardware")(hardware_command)
-app.add_typer(keys_app, name="keys")
-app.add_typer(skills_app, name="skills")
-app.add_typer(models_app, name="models")
-app.add_typer(k8s_app, name="k8s")
-app.command("bench")(bench_command)
 
 
 def main(argv: list[str] | None = None) -> None:
