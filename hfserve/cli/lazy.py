@@ -133,7 +133,7 @@ class LazyTyperGroup(TyperGroup):
             formatter.write_dl([(name, cmd.get_short_help_str(limit)) for name, cmd in rows])
 
     def _build(self, entry: LazyCommand) -> Command:
-        """Import ``entry``'s module and build its click command as ``app.add_typer`` would."""
+        """Import ``entry``'s module; build its command as registering it on the app would."""
         # __import__ rather than importlib.import_module: only the former is timed by
         # ``python -X importtime``, the tool for finding out what a start-up imports.
         __import__(entry.module)
