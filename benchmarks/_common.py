@@ -205,20 +205,27 @@ def bench(
 
 @dataclass(frozen=True, slots=True)
 class WrkResult:
-    """What ``wrk`` reported for one run."""
+    """What ``wrk`` reported for one run (percentiles: ``None`` without ``--latency``)."""
 
     requests_per_second: float
     requests: int
     errors: int
     latency_avg_ms: float
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
 
 
 _WRK_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
 _WRK_TOTAL = re.compile(r"(\d+) requests in")
 _WRK_NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
 _WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
-_WRK_LATENCY = re.compile(r"Latency\s+([\d.]+)(us|ms|s)\b")
-_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+# wrk prints times in the largest unit that keeps the number >= 1: us, ms, s, then m and h.
+_TIME = r"([\d.]+)(us|ms|s|m|h)\b"
+_WRK_LATENCY = re.compile(r"Latency\s+" + _TIME)
+_WRK_DISTRIBUTION = re.compile(r"Latency Distribution\s*\n((?:[ \t]+[\d.]+%[ \t]+\S+\n?)+)")
+_WRK_PERCENTILE = re.compile(r"([\d.]+)%\s+" + _TIME)
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 
 
 def run_wrk(
@@ -228,26 +235,44 @@ def run_wrk(
     seconds: float,
     threads: int = 1,
     headers: dict[str, str] | None = None,
+    script: Path | None = None,
+    request_timeout: float | None = None,
 ) -> WrkResult:
     """Drive ``url`` with ``wrk`` (a C load generator: a Python one saturates first).
 
+    Args:
+        script: a Lua script for ``wrk -s`` (e.g. from ``write_wrk_post_script``).
+        request_timeout: seconds after which wrk counts a request as a timeout (its default
+            is 2 s, less than a slow server's tail at high concurrency).
+
     Raises:
-        RuntimeError: ``wrk`` is not installed or every request failed.
+        ValueError: ``seconds`` or ``request_timeout`` is not a whole number of seconds
+            (wrk reads durations as integers and rejects ``0.5s``).
+        RuntimeError: ``wrk`` is not installed, failed, or every request failed.
     """
+    for value in (seconds, request_timeout):
+        if value is not None and (value < 1 or value != int(value)):
+            raise ValueError(f"wrk takes whole seconds >= 1, not {value!r}")
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError("wrk is not installed (Debian/Ubuntu: apt-get install wrk)")
     argv = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--latency"]
     for name, value in (headers or {}).items():
         argv += ["-H", f"{name}: {value}"]
-    output = subprocess.run(
-        [*argv, url], capture_output=True, text=True, check=True, timeout=seconds + 60
-    ).stdout
-    return parse_wrk(output)
+    if script is not None:
+        argv += ["-s", str(script)]
+    if request_timeout is not None:
+        argv += ["--timeout", f"{request_timeout:g}s"]
+    done = subprocess.run(
+        [*argv, url], capture_output=True, text=True, check=False, timeout=seconds + 60
+    )
+    if done.returncode != 0:  # e.g. a Lua error in the script: wrk says which on stderr
+        raise RuntimeError(f"wrk exited with {done.returncode}:\n{done.stdout}{done.stderr}")
+    return parse_wrk(done.stdout)
 
 
 def parse_wrk(output: str) -> WrkResult:
-    """Parse ``wrk``'s text report.
+    """Parse ``wrk``'s text report, with its ``--latency`` percentiles when present.
 
     Raises:
         RuntimeError: the report has no throughput, or every request failed.
@@ -262,15 +287,86 @@ def parse_wrk(output: str) -> WrkResult:
     errors = int(non_2xx.group(1)) if non_2xx else 0
     if socket_errors is not None:
         errors += sum(int(n) for n in socket_errors.groups())
+    percentiles: dict[float, float] = {}
+    distribution = _WRK_DISTRIBUTION.search(output)
+    if distribution is not None:
+        for line in _WRK_PERCENTILE.finditer(distribution.group(1)):
+            percentiles[float(line.group(1))] = float(line.group(2)) * _UNIT_MS[line.group(3)]
     result = WrkResult(
         requests_per_second=float(rps.group(1)),
         requests=int(total.group(1)),
         errors=errors,
         latency_avg_ms=float(latency.group(1)) * _UNIT_MS[latency.group(2)],
+        p50_ms=percentiles.get(50.0),
+        p90_ms=percentiles.get(90.0),
+        p99_ms=percentiles.get(99.0),
     )
     if result.errors and result.errors >= result.requests:
         raise RuntimeError(f"every wrk request failed:\n{output}")
     return result
+
+
+def write_wrk_post_script(path: Path, bodies: Sequence[Any]) -> Path:
+    """Write a wrk Lua script that POSTs ``bodies`` as JSON, in order, round and round.
+
+    Every request of a run differs (a server's response or prefix cache cannot turn the
+    benchmark into a cache benchmark), yet no JSON is encoded while wrk runs: the requests
+    are formatted once per wrk thread, in ``init``. Headers given to wrk with ``-H`` are kept;
+    the path is the URL's.
+
+    Raises:
+        ValueError: ``bodies`` is empty.
+    """
+    if not bodies:
+        raise ValueError("a wrk POST script needs at least one body")
+    literals = [
+        _lua_long_string(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
+        for body in bodies
+    ]
+    table = "".join(f"  {literal},\n" for literal in literals)
+    path.write_text(
+        "-- Written by benchmarks/_common.py (write_wrk_post_script): POST each JSON body\n"
+        "-- in turn. Each wrk thread runs its own copy, so each thread starts at the first.\n"
+        f"local bodies = {{\n{table}}}\n"
+        "local requests = {}\n"
+        "local last = 0\n"
+        "\n"
+        "function init(args)\n"
+        '  wrk.headers["Content-Type"] = "application/json"\n'
+        "  for i, body in ipairs(bodies) do\n"
+        '    requests[i] = wrk.format("POST", nil, nil, body)\n'
+        "  end\n"
+        "end\n"
+        "\n"
+        "function request()\n"
+        "  last = last % #requests + 1\n"
+        "  return requests[last]\n"
+        "end\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _lua_long_string(text: str) -> str:
+    """``text`` as a Lua long-bracket string literal (``[==[...]==]``), byte for byte.
+
+    A long string has no escapes, so the level (the count of ``=``) is the lowest whose
+    closing bracket cannot occur early: not inside ``text``, nor formed by its tail and the
+    closing bracket itself (``text`` ending in ``]=`` and a level-1 ``]=]``). Level 0
+    (``[[...]]``) is never used: Lua 5.1 rejects a ``[[`` nested inside it, and JSON has
+    nested arrays. Lua drops a newline right after the opening bracket and turns CR/LF pairs
+    into LF, so ``text`` must hold no raw line breaks (JSON encodes them as escapes).
+
+    Raises:
+        ValueError: ``text`` contains a carriage return or a newline.
+    """
+    if "\n" in text or "\r" in text:
+        raise ValueError("a Lua long string cannot hold raw line breaks byte for byte")
+    level = 1
+    while f"]{'=' * level}]" in text + "]":
+        level += 1
+    equals = "=" * level
+    return f"[{equals}[{text}]{equals}]"
 
 
 @dataclass(slots=True)

@@ -45,6 +45,14 @@ def test_smoke_run_writes_results(name: str, tmp_path: Path) -> None:
     assert data["targets"]
     for target in data["targets"]:
         assert target["met"] in (True, False)
+    if name == "embeddings":
+        # The servers are driven by wrk --latency: every server row has its percentiles.
+        served = [row for row in data["rows"] if row["system"].startswith("hfserve")]
+        assert {row["group"] for row in served} == {"c=1", "c=4"}
+        for row in served:
+            assert 0 < row["p50_ms"] <= row["p99_ms"], row
+            assert row["requests"] > 0
+        assert any("wrk" in note for note in data["notes"])
     assert (tmp_path / f"{name}.png").read_bytes().startswith(PNG_MAGIC)
     # The table with ratios is printed for a person running the script.
     assert "target" in result.stdout
