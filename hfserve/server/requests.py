@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -147,7 +148,14 @@ def json_response(
 
 def dumps_json(payload: Any) -> bytes:
     """Compact UTF-8 JSON, the encoding of every JSON body the server sends."""
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        # orjson: an embeddings response (384+ floats) takes ~20 us instead of ~400 us with
+        # the standard library, time the event loop holds the GIL against the model thread.
+        return orjson.dumps(payload)
+    except TypeError:
+        # What orjson refuses (integers beyond 64 bits, non-str keys) the standard library
+        # writes; orjson.JSONEncodeError is a TypeError.
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 async def cached_json(

@@ -24,6 +24,7 @@ from hfserve.server.errors import error_body, status_for
 from hfserve.server.requests import (
     cached_json,
     charge_tokens,
+    dumps_json,
     load_model,
     now_ts,
     read_json,
@@ -337,11 +338,7 @@ async def _sse(request: Request, state: ServerState, job: _Job) -> AsyncIterator
         }
         if include_usage:
             payload["usage"] = usage
-        return (
-            b"data: "
-            + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-            + b"\n\n"
-        )
+        return b"data: " + dumps_json(payload) + b"\n\n"
 
     def choice(
         index: int, text: str | None, finish: str | None, role: bool = False
