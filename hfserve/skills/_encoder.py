@@ -42,6 +42,9 @@ log = logging.getLogger("hfserve.skills")
 
 # Tokenizers without a real limit report a huge sentinel as model_max_length.
 _NO_LIMIT = 1_000_000
+# Requests whose text inputs total at most this many characters are tokenized on the event
+# loop; longer ones in a worker thread, so a huge input never blocks other requests.
+_INLINE_TOKENIZE_CHARS = 2048
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,12 @@ class EncoderModel(ABC, Generic[R]):
             raise ShuttingDownError(f"model {self.model_id!r} is not running (unloaded or closing)")
         if not inputs:
             raise InvalidRequestError("at least one input is required", param="input")
-        encoded = await asyncio.to_thread(self.encode_inputs, inputs)
+        if _input_chars(inputs) <= _INLINE_TOKENIZE_CHARS:
+            # A short input tokenizes in tens of microseconds: less than the hop to a worker
+            # thread, whose GIL hand-offs would also stall the model thread under load.
+            encoded = self.encode_inputs(inputs)
+        else:
+            encoded = await asyncio.to_thread(self.encode_inputs, inputs)
         batcher = self._batcher
         # All or nothing: a full queue refuses the whole request rather than half of it.
         results = await batcher.submit_many(encoded.ids)
@@ -336,3 +344,8 @@ class EncoderClassificationModel(EncoderModel[list[LabelScore]]):
             ]
             rows.append(sorted(scores, key=lambda s: s.score, reverse=True))
         return rows
+
+
+def _input_chars(inputs: Sequence[str | Sequence[int]]) -> int:
+    """Characters of text a request asks to tokenize (token-id inputs count their length)."""
+    return sum(len(item) for item in inputs)
