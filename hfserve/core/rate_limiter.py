@@ -145,12 +145,9 @@ class MemoryRateLimitBackend:
             if self._ops % _SWEEP_EVERY == 0:
                 self._sweep(now)
             buckets = [self._refilled(key, spec, now) for spec in specs]
-            pay = True
-            if conditional:
-                for bucket, spec in zip(buckets, specs, strict=True):
-                    if bucket.level + _EPSILON < spec.cost:
-                        pay = False
-                        break
+            pay = not conditional or all(
+                b.level + _EPSILON >= s.cost for b, s in zip(buckets, specs, strict=True)
+            )
             states = []
             for bucket, spec in zip(buckets, specs, strict=True):
                 if pay:
@@ -222,15 +219,7 @@ class RateLimiter:
                 )
         if not specs:
             return RateDecision(True, 0.0, 0, 0, 0.0, 0, 0, 0.0)
-        backend = self.backend
-        if type(backend) is MemoryRateLimitBackend:
-            # Every request of a single-process server comes through here: skip the coroutine
-            # round trip of the async interface for the backend that never awaits anything.
-            states: Sequence[BucketState] = backend._apply(
-                key, specs, self._clock.now(), conditional=True
-            )
-        else:
-            states = await backend.acquire(key, specs, self._clock.now())
+        states = await self.backend.acquire(key, specs, self._clock.now())
         return _decision(specs, states)
 
     async def charge(self, key: str, limits: RateLimits, tokens: int) -> None:
