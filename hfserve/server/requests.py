@@ -21,6 +21,7 @@ __all__ = [
     "cached_json",
     "charge_tokens",
     "dumps_json",
+    "encoded_json_response",
     "json_response",
     "load_model",
     "read_json",
@@ -141,9 +142,14 @@ def json_response(
     payload: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     """A compact JSON response."""
-    return Response(
-        dumps_json(payload), status_code=status, media_type="application/json", headers=headers
-    )
+    return encoded_json_response(dumps_json(payload), status, headers)
+
+
+def encoded_json_response(
+    body: bytes, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON response from an already encoded body (e.g. one kept for reuse)."""
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 def dumps_json(payload: Any) -> bytes:
@@ -180,9 +186,9 @@ async def cached_json(
         body = json.loads(hit)
         return json_response(refresh(body) if refresh else body, headers={"x-cache": "hit"})
     state.metrics.cache_misses.inc()
-    payload = await produce()
-    await cache.put(key, dumps_json(payload))
-    return json_response(payload, headers={"x-cache": "miss"})
+    body = dumps_json(await produce())
+    await cache.put(key, body)
+    return encoded_json_response(body, headers={"x-cache": "miss"})
 
 
 async def charge_tokens(state: ServerState, request: Request, tokens: int) -> None:

@@ -8,7 +8,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from hfserve.server.metrics import CONTENT_TYPE
-from hfserve.server.requests import dumps_json, json_response, server_state
+from hfserve.server.requests import (
+    dumps_json,
+    encoded_json_response,
+    json_response,
+    server_state,
+)
 
 __all__ = ["get_model", "health", "list_models", "metrics", "ready"]
 
@@ -67,7 +72,7 @@ async def list_models(request: Request) -> Response:
         data = [_model_card(state, alias) for alias in state.loader.specs]
         cached = (fingerprint, dumps_json({"object": "list", "data": data}))
         state.models_listing = cached
-    return Response(cached[1], media_type="application/json")
+    return encoded_json_response(cached[1])
 
 
 async def get_model(request: Request) -> Response:
