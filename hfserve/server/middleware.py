@@ -24,8 +24,6 @@ from hfserve.server.state import ServerState
 __all__ = [
     "ServingMiddleware",
     "format_reset",
-    "rate_limit_headers",
-    "refusal_headers",
     "route_label",
 ]
 
@@ -110,7 +108,7 @@ class ServingMiddleware:
         try:
             refusal = await self._admit(scope, ctx, path, extra)
             if refusal is not None:
-                await error_response(refusal, refusal_headers(refusal))(
+                await error_response(refusal, _refusal_headers(refusal))(
                     scope, receive, send_with_headers
                 )
                 return
@@ -169,7 +167,7 @@ class ServingMiddleware:
         ctx["rate_subject"] = subject
         ctx["rate_limits"] = limits
         decision = await server.rate_limiter.allow(subject, limits)
-        extra += [(name.encode(), value.encode()) for name, value in rate_limit_headers(decision)]
+        extra += [(name.encode(), value.encode()) for name, value in _rate_limit_headers(decision)]
         if decision.allowed:
             return None
         budget = (
@@ -204,12 +202,12 @@ class ServingMiddleware:
         return limited_receive
 
 
-def refusal_headers(exc: HfServeError) -> dict[str, str] | None:
+def _refusal_headers(exc: HfServeError) -> dict[str, str] | None:
     """Headers a refusal needs beyond the error body (``WWW-Authenticate`` on a 401)."""
     return {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
 
 
-def rate_limit_headers(decision: RateDecision) -> list[tuple[str, str]]:
+def _rate_limit_headers(decision: RateDecision) -> list[tuple[str, str]]:
     """OpenAI's ``x-ratelimit-*`` headers for the budgets that are limited."""
     headers: list[tuple[str, str]] = []
     if decision.limit_requests:
