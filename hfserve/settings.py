@@ -179,9 +179,9 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0,
         ge=0,
-        description="Threads torch uses for CPU inference (torch.set_num_threads); 0 keeps "
-        "torch's default (one per core). Set it below the core count when other processes "
-        "share the CPU: oversubscribed threads wait on each other.",
+        description="Threads torch uses for CPU inference (OMP/MKL_NUM_THREADS, set before "
+        "torch loads); 0 keeps torch's default (one per core). Set it below the core count "
+        "when other processes share the CPU: oversubscribed threads wait on each other.",
     )
 
     # --- response cache ---------------------------------------------------------------------
