@@ -225,10 +225,17 @@ def test_redis_outage_mid_load_then_recovery(cluster: Cluster) -> None:
             for url in urls:
                 statuses.append(httpx.get(url + "/v1/models", headers=headers).status_code)
 
+    def answered(count: int) -> None:
+        """Wait (bounded) until the load thread has ``count`` answers in total."""
+        deadline = time.monotonic() + 10
+        while len(statuses) < count:
+            assert time.monotonic() < deadline, "the load thread stopped getting answers"
+            time.sleep(0.01)
+
     loader = threading.Thread(target=load)
     loader.start()
     try:
-        time.sleep(0.3)
+        answered(2 * len(urls))  # traffic flows through both replicas before the outage
         cluster.redis.stop()
         # Wait (bounded) until both replicas have seen the outage; from then on requests flow
         # on the fail-open policy.
@@ -240,9 +247,10 @@ def test_redis_outage_mid_load_then_recovery(cluster: Cluster) -> None:
             ):
                 assert time.monotonic() < deadline, "replica never noticed Redis was down"
                 time.sleep(0.05)
-        time.sleep(0.2)  # let requests already waiting on a Redis timeout finish
+        # Requests already waiting on a Redis timeout finish within the next full round.
+        answered(len(statuses) + len(urls))
         during = len(statuses)
-        time.sleep(0.5)
+        answered(during + 10)  # then watch ten more answers during the outage
     finally:
         stop.set()
         loader.join()
