@@ -25,7 +25,7 @@ from hfserve.skills.base import (
     RuntimeOptions,
     SkillInfo,
 )
-from hfserve.skills.embeddings import PoolingConfig
+from hfserve.skills.pooling import PoolingConfig
 
 __all__ = [
     "EncodedInputs",

@@ -1,6 +1,6 @@
 """The ``text-generation`` skill: causal LMs for chat and completions.
 
-The model runs in :class:`~hfserve.runtime.generation.GenerationEngine` (transformers'
+The model runs in :class:`~hfserve.skills.generation.engine.GenerationEngine` (transformers'
 continuous batching with per-request sampling). This module turns its token events into
 text: incremental detokenisation that never splits a UTF-8 character, stop sequences that are
 cut out of the text even when they span chunks, and usage counts.
@@ -105,7 +105,7 @@ class LoadedTextGenerator:
         tokenizer: Any,
         options: RuntimeOptions,
     ) -> None:
-        from hfserve.runtime.generation import GenerationEngine
+        from hfserve.skills.generation.engine import GenerationEngine
 
         self.info = info
         self.model_id = model_id

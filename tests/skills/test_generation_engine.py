@@ -18,7 +18,7 @@ from hfserve.errors import (
     OverloadedError,
     ShuttingDownError,
 )
-from hfserve.runtime.generation import GenerationEngine, TokenEvent, TokenStream, _build_router
+from hfserve.skills.generation.engine import GenerationEngine, TokenEvent, TokenStream, _build_router
 from hfserve.skills.base import GenerationRequest, RuntimeOptions
 from tests.fixtures.tiny_models import TinyModels
 
