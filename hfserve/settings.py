@@ -18,6 +18,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from hfserve.errors import ConfigError
+from hfserve.logs import LogFormat
 from hfserve.paths import default_cache_dir, default_keys_file
 
 __all__ = ["ENV_PREFIX", "Settings", "default_cache_dir", "default_keys_file", "parse_size"]
@@ -134,6 +135,9 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, description="uvicorn worker processes.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level."
+    )
+    log_format: LogFormat = Field(
+        "text", description="Log lines as text, or as one JSON object per line (log pipelines)."
     )
     access_log: bool = Field(True, description="Structured access log, one line per request.")
     grace_period: float = Field(

@@ -17,6 +17,20 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Fixtures that build or load a model, start a server or redis-server, or run a system tool that
+# only `bash .ci/run` installs: a test that uses one, directly or through another fixture, is slow
+# by construction and is marked so here rather than by hand, so `pytest -m "not slow"` stays the
+# fast loop (pip-installed tools only) as tests are added.
+SLOW_FIXTURES = frozenset({"tiny_models", "redis_server", "redis_server_module", "run_tool"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark slow every test that uses a slow fixture or is an integration test."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SLOW_FIXTURES or item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:

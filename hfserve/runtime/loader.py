@@ -157,6 +157,14 @@ class ModelLoader:
             by_alias[spec.alias] = spec
         return by_alias
 
+    def skill_name(self, spec: ModelSpec) -> str | None:
+        """The name of the skill that will serve ``spec``, or ``None`` when it cannot be told
+        before loading (a Hub id not downloaded yet, a folder the demo builds on first load)."""
+        try:
+            return self._registry.resolve(spec.source, spec.task).info.name
+        except HfServeError:
+            return None
+
     # --- state -----------------------------------------------------------------------------
 
     def loaded(self) -> list[str]:
