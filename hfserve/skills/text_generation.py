@@ -110,7 +110,7 @@ class LoadedTextGenerator:
         tokenizer: Any,
         options: RuntimeOptions,
     ) -> None:
-        from hfserve.skills.generation.engine import GenerationEngine
+        from hfserve.skills.generation.engine import GenerationEngine, logits_width
         from hfserve.skills.generation.pieces import TokenPieces
 
         self.info = info
@@ -127,6 +127,7 @@ class LoadedTextGenerator:
             max_context=self._max_context,
         )
         self._weights_bytes = _weights_bytes(model)
+        self._vocab_size = logits_width(model)
         self._pieces = TokenPieces(tokenizer)
         self._ll_lock = threading.Lock()
         self._ll: Any = None
@@ -144,12 +145,10 @@ class LoadedTextGenerator:
             if self._ll is None:
                 import llguidance.hf
 
-                from hfserve.skills.generation.engine import logits_width
-
                 try:
                     self._ll = llguidance.hf.from_tokenizer(
                         self._tokenizer,
-                        n_vocab=logits_width(self._model),
+                        n_vocab=self._vocab_size,
                         eos_token=list(self.engine.eos_token_ids) or None,
                     )
                 except ValueError as exc:
@@ -174,6 +173,11 @@ class LoadedTextGenerator:
     def max_input_tokens(self) -> int:
         """The model's context length (prompt plus generation must fit in it)."""
         return self._max_context
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids the model knows (the width of its logits)."""
+        return self._vocab_size
 
     @property
     def active_generations(self) -> int:
