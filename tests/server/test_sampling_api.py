@@ -66,3 +66,21 @@ def test_streamed_completion_logprobs_match_the_whole(client: TestClient) -> Non
     assert [o for p in parts for o in p["text_offset"]] == whole["text_offset"]
     assert len(whole["tokens"]) == 6
     assert all(len(top) <= 2 for top in whole["top_logprobs"])
+
+
+def test_streamed_chat_logprobs_match_the_whole(client: TestClient) -> None:
+    payload = CHAT | {
+        "max_tokens": 5,
+        "temperature": 0,
+        "logprobs": True,
+        "top_logprobs": 2,
+        "ignore_eos": True,
+    }
+    whole = client.post("/v1/chat/completions", json=payload).json()["choices"][0]["logprobs"]
+    with client.stream("POST", "/v1/chat/completions", json=payload | {"stream": True}) as response:
+        events = [
+            json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")
+        ]
+    parts = [c["logprobs"]["content"] for e in events for c in e["choices"] if c["logprobs"]]
+    assert [entry for part in parts for entry in part] == whole["content"]
+    assert len(whole["content"]) == 5 and whole["refusal"] is None
