@@ -8,8 +8,9 @@ cut out of the text even when they span chunks, and usage counts.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hfserve.errors import InvalidRequestError, ModelLoadError
 from hfserve.skills.base import (
@@ -19,7 +20,11 @@ from hfserve.skills.base import (
     GenerationRequest,
     RuntimeOptions,
     SkillInfo,
+    TokenLogprob,
 )
+
+if TYPE_CHECKING:
+    from hfserve.skills.generation.stage import StepLogprobs
 
 __all__ = ["LoadedTextGenerator", "TextGenerationSkill"]
 
@@ -105,7 +110,8 @@ class LoadedTextGenerator:
         tokenizer: Any,
         options: RuntimeOptions,
     ) -> None:
-        from hfserve.skills.generation.engine import GenerationEngine
+        from hfserve.skills.generation.engine import GenerationEngine, logits_width
+        from hfserve.skills.generation.pieces import TokenPieces
 
         self.info = info
         self.model_id = model_id
@@ -121,11 +127,57 @@ class LoadedTextGenerator:
             max_context=self._max_context,
         )
         self._weights_bytes = _weights_bytes(model)
+        self._vocab_size = logits_width(model)
+        self._pieces = TokenPieces(tokenizer)
+        self._ll_lock = threading.Lock()
+        self._ll: Any = None
+
+    def ll_tokenizer(self) -> Any:
+        """The ``llguidance.LLTokenizer`` of this model, built once (blocking, ~1 s: call it off
+        the event loop). Its vocabulary is as wide as the logits and its EOS ids are the
+        engine's, so its matchers' masks fit the sampling stage.
+
+        Raises:
+            InvalidRequestError: the tokenizer is not a fast (Rust) tokenizer, which llguidance
+                needs for constrained decoding.
+        """
+        with self._ll_lock:
+            if self._ll is None:
+                import llguidance.hf
+
+                try:
+                    self._ll = llguidance.hf.from_tokenizer(
+                        self._tokenizer,
+                        n_vocab=self._vocab_size,
+                        eos_token=list(self.engine.eos_token_ids) or None,
+                    )
+                except ValueError as exc:
+                    raise InvalidRequestError(
+                        f"model {self.model_id!r} cannot do constrained decoding: {exc}",
+                        param="response_format",
+                    ) from exc
+            return self._ll
+
+    def _logprobs(
+        self, token_ids: Sequence[int], steps: Sequence[StepLogprobs]
+    ) -> list[TokenLogprob]:
+        """Token texts and bytes for the engine's per-token logprobs."""
+        out = []
+        for token_id, step in zip(token_ids, steps, strict=False):
+            text, data = self._pieces.piece(token_id)
+            top = tuple(TokenLogprob(i, *self._pieces.piece(i), lp) for i, lp in step.top)
+            out.append(TokenLogprob(token_id, text, data, step.logprob, top))
+        return out
 
     @property
     def max_input_tokens(self) -> int:
         """The model's context length (prompt plus generation must fit in it)."""
         return self._max_context
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids the model knows (the width of its logits)."""
+        return self._vocab_size
 
     @property
     def active_generations(self) -> int:
@@ -187,10 +239,13 @@ class LoadedTextGenerator:
         prompt_tokens = stream.prompt_tokens
         completion = 0
         pending: list[int] = []
+        logprobs: list[TokenLogprob] | None = [] if request.logprobs is not None else None
         try:
             async for event in stream:
                 completion += len(event.token_ids)
                 pending.extend(event.token_ids)
+                if logprobs is not None and event.logprobs is not None:
+                    logprobs.extend(self._logprobs(event.token_ids, event.logprobs))
                 text = detokenizer.push(event.token_ids)
                 final = event.finish_reason is not None
                 if final:
@@ -198,8 +253,9 @@ class LoadedTextGenerator:
                 out, hit = stops.feed(text, final=final)
                 reason: FinishReason | None = "stop" if hit else event.finish_reason
                 if out or reason is not None:
-                    yield GenerationChunk(out, pending, reason, prompt_tokens, completion)
+                    yield GenerationChunk(out, pending, reason, prompt_tokens, completion, logprobs)
                     pending = []
+                    logprobs = [] if logprobs is not None else None
                 if reason is not None:
                     return
         finally:

@@ -31,9 +31,10 @@ from hfserve.server.requests import (
     run_until_disconnect,
     server_state,
 )
+from hfserve.server.routes.logprobs import chat_logprobs, completion_logprobs
 from hfserve.server.schemas import ChatCompletionRequest, CompletionRequest, _Sampling, parse_body
 from hfserve.server.state import ServerState
-from hfserve.skills.base import GenerationChunk, GenerationModel, GenerationRequest
+from hfserve.skills.base import GenerationChunk, GenerationModel, GenerationRequest, TokenLogprob
 
 __all__ = ["chat_completions", "completions"]
 
@@ -48,6 +49,7 @@ class _Choice:
     text: list[str] = field(default_factory=list)
     finish_reason: str | None = None
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,13 @@ class _Job:
                             stop=body.stop_sequences(),
                             ignore_eos=body.ignore_eos,
                             min_tokens=body.min_tokens,
+                            top_k=max(body.top_k or 0, 0),
+                            min_p=body.min_p or 0.0,
+                            presence_penalty=body.presence_penalty or 0.0,
+                            frequency_penalty=body.frequency_penalty or 0.0,
+                            repetition_penalty=body.repetition_penalty or 1.0,
+                            logit_bias=body.token_bias(),
+                            logprobs=body.logprobs_count(),
                         ),
                     )
                 )
@@ -141,6 +150,11 @@ def _make_job(
     requested: int | None,
     started: float,
 ) -> _Job:
+    vocab = getattr(model, "vocab_size", None)
+    if vocab is not None and any(i >= vocab for i in body.token_bias()):
+        raise InvalidRequestError(
+            f"logit_bias token ids must be in [0, {vocab}) for this model", param="logit_bias"
+        )
     limit = state.settings.max_tokens_limit
     param = (
         "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
@@ -225,7 +239,7 @@ def _final_body(job: _Job, choices: Sequence[_Choice], completion: int) -> dict[
                 {
                     "index": c.index,
                     "message": {"role": "assistant", "content": "".join(c.text)},
-                    "logprobs": None,
+                    "logprobs": None if c.logprobs is None else chat_logprobs(c.logprobs),
                     "finish_reason": c.finish_reason,
                 }
                 for c in choices
@@ -242,7 +256,7 @@ def _final_body(job: _Job, choices: Sequence[_Choice], completion: int) -> dict[
             {
                 "index": c.index,
                 "text": "".join(c.text),
-                "logprobs": None,
+                "logprobs": None if c.logprobs is None else completion_logprobs(c.logprobs),
                 "finish_reason": c.finish_reason,
             }
             for c in choices
@@ -257,6 +271,8 @@ async def _collect(state: ServerState, job: _Job) -> list[_Choice]:
         choice = choices[index]
         choice.text.append(chunk.text)
         choice.completion_tokens = chunk.completion_tokens
+        if chunk.logprobs is not None:
+            choice.logprobs = (choice.logprobs or []) + chunk.logprobs
         if chunk.finish_reason is not None:
             choice.finish_reason = chunk.finish_reason
     return [choices[i] for i in sorted(choices)]
@@ -326,6 +342,7 @@ async def _sse(request: Request, state: ServerState, job: _Job) -> AsyncIterator
     created = now_ts()
     obj = "chat.completion.chunk" if chat else "text_completion"
     completion: dict[int, int] = {}
+    offsets: dict[int, int] = {}
 
     def event(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
         payload: dict[str, Any] = {
@@ -340,27 +357,50 @@ async def _sse(request: Request, state: ServerState, job: _Job) -> AsyncIterator
             payload["usage"] = usage
         return b"data: " + dumps_json(payload) + b"\n\n"
 
+    def encode_logprobs(index: int, items: list[TokenLogprob] | None) -> dict[str, Any] | None:
+        if items is None:
+            return None
+        if chat:
+            return chat_logprobs(items)
+        start = offsets.get(index, 0)
+        offsets[index] = start + sum(len(item.token) for item in items)
+        return completion_logprobs(items, start)
+
     def choice(
-        index: int, text: str | None, finish: str | None, role: bool = False
+        index: int,
+        text: str | None,
+        finish: str | None,
+        role: bool = False,
+        logprobs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         if not chat:
-            return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+            return {
+                "index": index,
+                "text": text or "",
+                "logprobs": logprobs,
+                "finish_reason": finish,
+            }
         delta: dict[str, Any] = {}
         if role:
             delta["role"] = "assistant"
         if text is not None:
             delta["content"] = text
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
 
     try:
         if chat:
             yield event([choice(i, "", None, role=True) for i, _ in job.requests()])
         async for index, chunk in _merged(state, job):
             completion[index] = chunk.completion_tokens
+            # A chunk's logprobs ride on its first event: the text, else the finish.
+            logprobs = encode_logprobs(index, chunk.logprobs)
             if chunk.text or chunk.finish_reason is None:
-                yield event([choice(index, chunk.text, None)])
+                yield event([choice(index, chunk.text, None, logprobs=logprobs)])
+                logprobs = None
             if chunk.finish_reason is not None:
-                yield event([choice(index, None if chat else "", chunk.finish_reason)])
+                yield event(
+                    [choice(index, None if chat else "", chunk.finish_reason, logprobs=logprobs)]
+                )
         total = sum(completion.values())
         await charge_tokens(state, request, job.prompt_tokens + total)
         if include_usage:
