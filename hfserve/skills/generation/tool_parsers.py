@@ -110,7 +110,8 @@ def _partial_marker(text: str, marker: str) -> int:
 
 
 def _content(text: str) -> str | None:
-    return text.strip() or None
+    """Text before the calls, as written (a stream has sent it already), None if blank."""
+    return text if text.strip() else None
 
 
 class HermesToolParser:
