@@ -156,4 +156,3 @@ async def plan_output(request: OutputRequest, model: GenerationModel) -> OutputP
         grammar = await model.compile_grammar(request.schema, param=request.param)
     parser = get_tool_parser(model.tool_format) if request.tool_mode == "auto" else None
     return OutputPlan(request, grammar, parser)
-

@@ -69,7 +69,7 @@ class Tool(_Open):
     function: FunctionDefinition
 
 
-class _FunctionName(_Open):
+class FunctionName(_Open):
     name: _Name
 
 
@@ -77,11 +77,11 @@ class NamedToolChoice(_Open):
     """``tool_choice`` naming the one function the model must call."""
 
     type: Literal["function"]
-    function: _FunctionName
+    function: FunctionName
 
 
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
-LegacyFunctionCall = Literal["none", "auto"] | _FunctionName
+LegacyFunctionCall = Literal["none", "auto"] | FunctionName
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def output_request(
         defined = functions
         choice: ToolChoice | None = (
             NamedToolChoice(type="function", function=function_call)
-            if isinstance(function_call, _FunctionName)
+            if isinstance(function_call, FunctionName)
             else function_call
         )
         tools_param, choice_param = "functions", "function_call"

@@ -251,7 +251,7 @@ def test_classifications(client: TestClient) -> None:
         (CHAT | {"n": 0}, "n"),
         (CHAT | {"presence_penalty": 1.0}, "presence_penalty"),
         (CHAT | {"logprobs": True}, "logprobs"),
-        (CHAT | {"tools": [{"type": "function"}]}, "tools"),
+        (CHAT | {"tools": [{"type": "function"}]}, "tools.0.function"),
         (CHAT | {"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"model": "tiny-llama", "messages": []}, "messages"),
         (

@@ -75,7 +75,7 @@ def test_max_completion_tokens_wins_and_min_tokens_is_bounded() -> None:
         ({"frequency_penalty": 0.5}, "frequency_penalty"),
         ({"logit_bias": {"1": 2}}, "logit_bias"),
         ({"tool_choice": {"type": "function"}}, "tool_choice"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "json"}}, "response_format.type"),
         ({"max_tokens": 2, "min_tokens": 3}, "min_tokens"),
     ],
 )

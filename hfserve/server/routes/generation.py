@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from hfserve.errors import HfServeError, InvalidRequestError
+from hfserve.server.chat_output import ChoiceStream, OutputPlan, plan_output
 from hfserve.server.errors import error_body, status_for
 from hfserve.server.requests import (
     cached_json,
@@ -33,7 +34,12 @@ from hfserve.server.requests import (
 )
 from hfserve.server.schemas import ChatCompletionRequest, CompletionRequest, _Sampling, parse_body
 from hfserve.server.state import ServerState
-from hfserve.skills.base import GenerationChunk, GenerationModel, GenerationRequest
+from hfserve.skills.base import (
+    GenerationChunk,
+    GenerationModel,
+    GenerationRequest,
+    StructuredGenerationModel,
+)
 
 __all__ = ["chat_completions", "completions"]
 
@@ -61,13 +67,21 @@ class _Job:
     prompts: list[list[int]]
     max_new_tokens: int
     started: float
+    plan: OutputPlan
 
     @property
     def prompt_tokens(self) -> int:
         return sum(len(p) for p in self.prompts)
 
+    def indices(self) -> range:
+        """The choice indices: ``n`` per prompt."""
+        return range(len(self.prompts) * self.body.n)
+
     def requests(self) -> list[tuple[int, GenerationRequest]]:
-        """Every (choice index, engine request): ``n`` per prompt, seeds offset per choice."""
+        """Every (choice index, engine request): ``n`` per prompt, seeds offset per choice.
+
+        Each request gets its own grammar matcher, so call this once per generation.
+        """
         body = self.body
         out = []
         for p_index, prompt in enumerate(self.prompts):
@@ -84,6 +98,7 @@ class _Job:
                             stop=body.stop_sequences(),
                             ignore_eos=body.ignore_eos,
                             min_tokens=body.min_tokens,
+                            grammar=self.plan.matcher(),
                         ),
                     )
                 )
@@ -96,9 +111,17 @@ async def chat_completions(request: Request) -> Response:
     state = server_state(request)
     body = parse_body(ChatCompletionRequest, await read_json(request))
     model = await load_model(state, request, body.model, GenerationModel, "/v1/chat/completions")  # type: ignore[type-abstract]
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    prompt_ids = model.encode(model.render_chat(messages))
-    job = _make_job(state, "chat", body, model, [prompt_ids], body.max_new_tokens(), started)
+    output = body.output()
+    messages = [m.to_template() for m in body.messages]
+    if output.tools is None:
+        prompt = model.render_chat(messages)
+    elif isinstance(model, StructuredGenerationModel):
+        prompt = model.render_chat(messages, tools=output.tools)
+    else:
+        raise InvalidRequestError("this model does not support tools", param="tools")
+    prompt_ids = model.encode(prompt)
+    plan = await plan_output(output, model)
+    job = _make_job(state, "chat", body, model, [prompt_ids], body.max_new_tokens(), started, plan)
     return await _respond(request, state, job)
 
 
@@ -128,7 +151,8 @@ async def completions(request: Request) -> Response:
                 param="prompt",
             )
         ids.append(prompt)
-    job = _make_job(state, "text", body, model, ids, body.max_tokens, started)
+    plan = await plan_output(body.output(), model)
+    job = _make_job(state, "text", body, model, ids, body.max_tokens, started, plan)
     return await _respond(request, state, job)
 
 
@@ -140,6 +164,7 @@ def _make_job(
     prompts: list[list[int]],
     requested: int | None,
     started: float,
+    plan: OutputPlan,
 ) -> _Job:
     limit = state.settings.max_tokens_limit
     param = (
@@ -177,7 +202,7 @@ def _make_job(
         )
     else:
         max_new = requested
-    return _Job(kind, body.model, model, body, prompts, max_new, started)
+    return _Job(kind, body.model, model, body, prompts, max_new, started, plan)
 
 
 async def _respond(request: Request, state: ServerState, job: _Job) -> Response:
@@ -221,15 +246,7 @@ def _final_body(job: _Job, choices: Sequence[_Choice], completion: int) -> dict[
             "created": now_ts(),
             "model": job.model_name,
             "system_fingerprint": None,
-            "choices": [
-                {
-                    "index": c.index,
-                    "message": {"role": "assistant", "content": "".join(c.text)},
-                    "logprobs": None,
-                    "finish_reason": c.finish_reason,
-                }
-                for c in choices
-            ],
+            "choices": [_chat_choice(job.plan, c) for c in choices],
             "usage": usage,
         }
     return {
@@ -251,8 +268,13 @@ def _final_body(job: _Job, choices: Sequence[_Choice], completion: int) -> dict[
     }
 
 
+def _chat_choice(plan: OutputPlan, choice: _Choice) -> dict[str, Any]:
+    message, finish = plan.message("".join(choice.text), choice.finish_reason)
+    return {"index": choice.index, "message": message, "logprobs": None, "finish_reason": finish}
+
+
 async def _collect(state: ServerState, job: _Job) -> list[_Choice]:
-    choices = {index: _Choice(index) for index, _ in job.requests()}
+    choices = {index: _Choice(index) for index in job.indices()}
     async for index, chunk in _merged(state, job):
         choice = choices[index]
         choice.text.append(chunk.text)
@@ -340,27 +362,37 @@ async def _sse(request: Request, state: ServerState, job: _Job) -> AsyncIterator
             payload["usage"] = usage
         return b"data: " + dumps_json(payload) + b"\n\n"
 
-    def choice(
-        index: int, text: str | None, finish: str | None, role: bool = False
-    ) -> dict[str, Any]:
-        if not chat:
-            return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
-        delta: dict[str, Any] = {}
-        if role:
-            delta["role"] = "assistant"
-        if text is not None:
-            delta["content"] = text
+    def text_choice(index: int, text: str, finish: str | None) -> dict[str, Any]:
+        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+
+    def chat_choice(index: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
         return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
 
+    streams: dict[int, ChoiceStream] = {i: job.plan.stream() for i in job.indices()}
     try:
         if chat:
-            yield event([choice(i, "", None, role=True) for i, _ in job.requests()])
+            role = {"role": "assistant", "content": ""}
+            yield event([chat_choice(i, role, None) for i in job.indices()])
         async for index, chunk in _merged(state, job):
             completion[index] = chunk.completion_tokens
-            if chunk.text or chunk.finish_reason is None:
-                yield event([choice(index, chunk.text, None)])
+            if not chat:
+                if chunk.text or chunk.finish_reason is None:
+                    yield event([text_choice(index, chunk.text, None)])
+                if chunk.finish_reason is not None:
+                    yield event([text_choice(index, "", chunk.finish_reason)])
+                continue
+            stream = streams[index]
+            deltas = stream.feed(chunk.text)
+            if not deltas and chunk.finish_reason is None and job.plan.request.tool_mode is None:
+                # An empty step still shows the client that tokens flow.
+                deltas = [{"content": ""}]
             if chunk.finish_reason is not None:
-                yield event([choice(index, None if chat else "", chunk.finish_reason)])
+                last, finish = stream.finish(chunk.finish_reason)
+                deltas += last
+            for delta in deltas:
+                yield event([chat_choice(index, delta, None)])
+            if chunk.finish_reason is not None:
+                yield event([chat_choice(index, {}, finish)])
         total = sum(completion.values())
         await charge_tokens(state, request, job.prompt_tokens + total)
         if include_usage:
