@@ -123,6 +123,7 @@ class ForcedCallDecoder:
             return True
         if self._state == "mid":
             if len(buf) - pos < len(_MID):
+                self.malformed = not _MID.startswith(buf[pos:])
                 return False
             if not buf.startswith(_MID, pos):
                 self.malformed = True
@@ -142,9 +143,7 @@ class ForcedCallDecoder:
                 return False
             self._state = "close"
             return True
-        # "close": the call object's own closing brace.
-        if pos >= len(buf):
-            return False
+        # "close": the call object's own closing brace (the scan stopped on a character).
         if buf[pos] != "}":
             self.malformed = True
             return False
