@@ -44,6 +44,9 @@ __all__ = [
 _Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 _TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 _MaxTokens = Annotated[int, Field(ge=1)]
+_Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+# As OpenAI: at most this many logit_bias entries, each in [-100, 100].
+_LOGIT_BIAS_MAX = 300
 Stop = StrictStr | list[StrictStr] | None
 
 
@@ -149,12 +152,39 @@ class _Sampling(_Body):
     stop: Stop = None
     seed: StrictInt | None = None
     user: StrictStr | None = None
-    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
-    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    presence_penalty: _Penalty | None = None
+    frequency_penalty: _Penalty | None = None
     logit_bias: dict[str, float] | None = None
     # hfserve extensions (as vLLM/TGI accept them): force output lengths for benchmarks.
     ignore_eos: bool = False
     min_tokens: Annotated[int, Field(ge=0)] = 0
+    # hfserve extensions (vLLM's names and meanings): -1 or 0 turns top_k off, 0 turns min_p
+    # off, 1 turns repetition_penalty (transformers' multiplicative one) off.
+    top_k: Annotated[int, Field(ge=-1)] | None = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return value
+        if len(value) > _LOGIT_BIAS_MAX:
+            raise ValueError(f"at most {_LOGIT_BIAS_MAX} tokens may be biased")
+        for key, bias in value.items():
+            if not key.isdigit():
+                raise ValueError(f"keys must be token ids (non-negative integers), got {key!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"values must be in [-100, 100], got {bias} for token {key}")
+        return value
+
+    def token_bias(self) -> dict[int, float]:
+        """``logit_bias`` with integer token ids."""
+        return {int(k): float(v) for k, v in (self.logit_bias or {}).items()}
+
+    def logprobs_count(self) -> int | None:
+        """How many top logprobs per token were asked for (None: no logprobs at all)."""
+        return None
 
     @field_validator("stop")
     @classmethod
@@ -173,19 +203,7 @@ class _Sampling(_Body):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
     def check_unsupported(self) -> None:
-        """Refuse penalties, logit bias and n > 1 when streaming is not possible."""
-        if self.presence_penalty:
-            raise InvalidRequestError(
-                "presence_penalty is not supported by hfserve; omit it or send 0",
-                param="presence_penalty",
-            )
-        if self.frequency_penalty:
-            raise InvalidRequestError(
-                "frequency_penalty is not supported by hfserve; omit it or send 0",
-                param="frequency_penalty",
-            )
-        if self.logit_bias:
-            raise InvalidRequestError("logit_bias is not supported by hfserve", param="logit_bias")
+        """Refuse combinations that make no sense (stream_options without stream, ...)."""
         if self.stream_options is not None and not self.stream:
             raise InvalidRequestError(
                 "stream_options is only allowed when stream is true", param="stream_options"
@@ -200,7 +218,7 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: _MaxTokens | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
@@ -231,11 +249,17 @@ class ChatCompletionRequest(_Sampling):
             else self.max_tokens
         )
 
+    def logprobs_count(self) -> int | None:
+        """``top_logprobs`` when ``logprobs`` is true; None when logprobs are off."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     def check_unsupported(self) -> None:
-        """Refuse logprobs, which hfserve does not implement, and contradicting tool fields."""
+        """Refuse top_logprobs without logprobs, and contradicting tool fields."""
         super().check_unsupported()
-        if self.logprobs or self.top_logprobs:
-            raise InvalidRequestError("logprobs are not supported by hfserve", param="logprobs")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequestError(
+                "top_logprobs requires logprobs to be true", param="top_logprobs"
+            )
         self.output()
         if (
             self.min_tokens
@@ -255,7 +279,8 @@ class CompletionRequest(_Sampling):
 
     prompt: Prompt
     echo: bool = False
-    logprobs: int | None = None
+    # OpenAI's legacy completions allow up to 5.
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     response_format: ResponseFormat | None = None
     best_of: int | None = None
     suffix: StrictStr | None = None
@@ -271,13 +296,15 @@ class CompletionRequest(_Sampling):
             return [list(p)]  # type: ignore[arg-type]
         return list(p)  # type: ignore[arg-type]
 
+    def logprobs_count(self) -> int | None:
+        """``logprobs``: the top alternatives per token (0: the chosen token's only)."""
+        return self.logprobs
+
     def check_unsupported(self) -> None:
-        """Refuse echo, logprobs, best_of and suffix, which hfserve does not implement."""
+        """Refuse echo, best_of and suffix, which hfserve does not implement."""
         super().check_unsupported()
         if self.echo:
             raise InvalidRequestError("echo is not supported by hfserve", param="echo")
-        if self.logprobs:
-            raise InvalidRequestError("logprobs are not supported by hfserve", param="logprobs")
         if self.best_of not in (None, 1):
             raise InvalidRequestError("best_of is not supported by hfserve", param="best_of")
         if self.suffix:

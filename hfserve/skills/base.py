@@ -31,6 +31,7 @@ __all__ = [
     "Skill",
     "SkillInfo",
     "StructuredGenerationModel",
+    "TokenLogprob",
 ]
 
 TASK_GENERATION = "text-generation"
@@ -172,8 +173,16 @@ class ClassificationModel(LoadedModel, Protocol):
 class GenerationRequest:
     """One generation with its own sampling parameters.
 
-    ``temperature == 0`` means greedy. ``seed`` makes sampling reproducible.
-    ``stop`` sequences end generation and are not included in the output text.
+    ``temperature == 0`` means greedy. ``seed`` makes sampling reproducible, whatever else
+    shares the batch. ``stop`` sequences end generation and are not included in the output text.
+    ``top_k == 0`` and ``min_p == 0`` turn those filters off. ``presence_penalty`` and
+    ``frequency_penalty`` (OpenAI's, over the generated tokens) and ``repetition_penalty``
+    (transformers', over prompt and generated tokens; 1 is off) change the logits before
+    sampling; ``logit_bias`` maps token ids to values added to their logits.
+    ``logprobs``: None for none, ``n >= 0`` for the chosen token's logprob and the ``n`` most
+    likely tokens with theirs (``n <= 20``). ``grammar``: an ``llguidance.LLMatcher`` owned by
+    this request (fresh, not shared); every token is chosen from what it allows, and the
+    generation ends with ``"stop"`` once the grammar is complete.
     """
 
     prompt_ids: list[int]
@@ -184,15 +193,37 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     min_tokens: int = 0
-    # An ``llguidance.LLMatcher`` owned by this request: decoding follows its grammar.
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
+    logprobs: int | None = None
     grammar: Any | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token with its logprob and, for a generated token, the most likely tokens (best first).
+
+    ``token`` is the token's text as decoded alone (a piece of a multi-byte character decodes to
+    U+FFFD; ``token_bytes`` keeps its real bytes where the tokenizer exposes them).
+    """
+
+    token_id: int
+    token: str
+    token_bytes: bytes
+    logprob: float
+    top: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
 class GenerationChunk:
     """A piece of generated output: new text/tokens since the previous chunk.
 
-    The last chunk has ``finish_reason`` set; token counts are cumulative.
+    The last chunk has ``finish_reason`` set; token counts are cumulative. ``logprobs``, when
+    the request asked for them, has one entry per token of ``token_ids``.
     """
 
     text: str
@@ -200,6 +231,7 @@ class GenerationChunk:
     finish_reason: FinishReason | None
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None
 
 
 @runtime_checkable

@@ -20,10 +20,12 @@ from hfserve.skills.base import (
     GenerationRequest,
     RuntimeOptions,
     SkillInfo,
+    TokenLogprob,
 )
 
 if TYPE_CHECKING:
     from hfserve.skills.generation.grammar import CompiledGrammar
+    from hfserve.skills.generation.stage import StepLogprobs
 
 __all__ = ["LoadedTextGenerator", "TextGenerationSkill"]
 
@@ -109,8 +111,9 @@ class LoadedTextGenerator:
         tokenizer: Any,
         options: RuntimeOptions,
     ) -> None:
-        from hfserve.skills.generation.engine import GenerationEngine
+        from hfserve.skills.generation.engine import GenerationEngine, logits_width
         from hfserve.skills.generation.grammar import GrammarCompiler
+        from hfserve.skills.generation.pieces import TokenPieces
         from hfserve.skills.generation.tool_parsers import detect_tool_format
 
         self.info = info
@@ -127,18 +130,61 @@ class LoadedTextGenerator:
             max_context=self._max_context,
         )
         self._weights_bytes = _weights_bytes(model)
-        self._ll_tokenizer: Any = None
-        self._logits_width: int | None = getattr(model.config.get_text_config(), "vocab_size", None)
+        self._vocab_size = logits_width(model)
+        self._pieces = TokenPieces(tokenizer)
         self._ll_lock = threading.Lock()
+        self._ll: Any = None
         self._grammars = GrammarCompiler(self.ll_tokenizer)
         template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
         self.tool_format = detect_tool_format(template, getattr(model.config, "model_type", None))
         """The format of tool calls in this model's replies (a ``tool_parsers`` name)."""
 
+    def ll_tokenizer(self) -> Any:
+        """The ``llguidance.LLTokenizer`` of this model, built once (blocking, ~1 s: call it off
+        the event loop). Its vocabulary is as wide as the logits and its EOS ids are the
+        engine's, so its matchers' masks fit the sampling stage.
+
+        Raises:
+            InvalidRequestError: the tokenizer is not a fast (Rust) tokenizer, which llguidance
+                needs for constrained decoding.
+        """
+        with self._ll_lock:
+            if self._ll is None:
+                import llguidance.hf
+
+                try:
+                    self._ll = llguidance.hf.from_tokenizer(
+                        self._tokenizer,
+                        n_vocab=self._vocab_size,
+                        eos_token=list(self.engine.eos_token_ids) or None,
+                    )
+                except ValueError as exc:
+                    raise InvalidRequestError(
+                        f"model {self.model_id!r} cannot do constrained decoding: {exc}",
+                        param="response_format",
+                    ) from exc
+            return self._ll
+
+    def _logprobs(
+        self, token_ids: Sequence[int], steps: Sequence[StepLogprobs]
+    ) -> list[TokenLogprob]:
+        """Token texts and bytes for the engine's per-token logprobs."""
+        out = []
+        for token_id, step in zip(token_ids, steps, strict=False):
+            text, data = self._pieces.piece(token_id)
+            top = tuple(TokenLogprob(i, *self._pieces.piece(i), lp) for i, lp in step.top)
+            out.append(TokenLogprob(token_id, text, data, step.logprob, top))
+        return out
+
     @property
     def max_input_tokens(self) -> int:
         """The model's context length (prompt plus generation must fit in it)."""
         return self._max_context
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids the model knows (the width of its logits)."""
+        return self._vocab_size
 
     @property
     def active_generations(self) -> int:
@@ -202,18 +248,6 @@ class LoadedTextGenerator:
             raise InvalidRequestError(f"cannot render the chat: {exc}", param="messages") from exc
         return str(text)
 
-    def ll_tokenizer(self) -> Any:
-        """The model's ``llguidance.LLTokenizer``, built once (blocking; about a second)."""
-        with self._ll_lock:
-            if self._ll_tokenizer is None:
-                import llguidance.hf
-
-                # The mask must be as wide as the logits, which may pad the tokenizer's vocab.
-                self._ll_tokenizer = llguidance.hf.from_tokenizer(
-                    self._tokenizer, n_vocab=self._logits_width
-                )
-            return self._ll_tokenizer
-
     async def compile_grammar(self, schema: Mapping[str, Any], *, param: str) -> CompiledGrammar:
         """The compiled grammar of a JSON schema for this model's vocabulary (cached, off-loop).
 
@@ -242,10 +276,13 @@ class LoadedTextGenerator:
         prompt_tokens = stream.prompt_tokens
         completion = 0
         pending: list[int] = []
+        logprobs: list[TokenLogprob] | None = [] if request.logprobs is not None else None
         try:
             async for event in stream:
                 completion += len(event.token_ids)
                 pending.extend(event.token_ids)
+                if logprobs is not None and event.logprobs is not None:
+                    logprobs.extend(self._logprobs(event.token_ids, event.logprobs))
                 text = detokenizer.push(event.token_ids)
                 final = event.finish_reason is not None
                 if final:
@@ -253,8 +290,9 @@ class LoadedTextGenerator:
                 out, hit = stops.feed(text, final=final)
                 reason: FinishReason | None = "stop" if hit else event.finish_reason
                 if out or reason is not None:
-                    yield GenerationChunk(out, pending, reason, prompt_tokens, completion)
+                    yield GenerationChunk(out, pending, reason, prompt_tokens, completion, logprobs)
                     pending = []
+                    logprobs = [] if logprobs is not None else None
                 if reason is not None:
                     return
         finally:

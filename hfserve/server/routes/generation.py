@@ -32,6 +32,7 @@ from hfserve.server.requests import (
     run_until_disconnect,
     server_state,
 )
+from hfserve.server.routes.logprobs import chat_logprobs, completion_logprobs
 from hfserve.server.schemas import ChatCompletionRequest, CompletionRequest, _Sampling, parse_body
 from hfserve.server.state import ServerState
 from hfserve.skills.base import (
@@ -39,6 +40,7 @@ from hfserve.skills.base import (
     GenerationModel,
     GenerationRequest,
     StructuredGenerationModel,
+    TokenLogprob,
 )
 
 __all__ = ["chat_completions", "completions"]
@@ -54,6 +56,7 @@ class _Choice:
     text: list[str] = field(default_factory=list)
     finish_reason: str | None = None
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,13 @@ class _Job:
                             stop=body.stop_sequences(),
                             ignore_eos=body.ignore_eos,
                             min_tokens=body.min_tokens,
+                            top_k=max(body.top_k or 0, 0),
+                            min_p=body.min_p or 0.0,
+                            presence_penalty=body.presence_penalty or 0.0,
+                            frequency_penalty=body.frequency_penalty or 0.0,
+                            repetition_penalty=body.repetition_penalty or 1.0,
+                            logit_bias=body.token_bias(),
+                            logprobs=body.logprobs_count(),
                             grammar=self.plan.matcher(),
                         ),
                     )
@@ -166,6 +176,11 @@ def _make_job(
     started: float,
     plan: OutputPlan,
 ) -> _Job:
+    vocab = getattr(model, "vocab_size", None)
+    if vocab is not None and any(i >= vocab for i in body.token_bias()):
+        raise InvalidRequestError(
+            f"logit_bias token ids must be in [0, {vocab}) for this model", param="logit_bias"
+        )
     limit = state.settings.max_tokens_limit
     param = (
         "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
@@ -259,7 +274,7 @@ def _final_body(job: _Job, choices: Sequence[_Choice], completion: int) -> dict[
             {
                 "index": c.index,
                 "text": "".join(c.text),
-                "logprobs": None,
+                "logprobs": None if c.logprobs is None else completion_logprobs(c.logprobs),
                 "finish_reason": c.finish_reason,
             }
             for c in choices
@@ -270,7 +285,13 @@ def _final_body(job: _Job, choices: Sequence[_Choice], completion: int) -> dict[
 
 def _chat_choice(plan: OutputPlan, choice: _Choice) -> dict[str, Any]:
     message, finish = plan.message("".join(choice.text), choice.finish_reason)
-    return {"index": choice.index, "message": message, "logprobs": None, "finish_reason": finish}
+    logprobs = None if choice.logprobs is None else chat_logprobs(choice.logprobs)
+    return {
+        "index": choice.index,
+        "message": message,
+        "logprobs": logprobs,
+        "finish_reason": finish,
+    }
 
 
 async def _collect(state: ServerState, job: _Job) -> list[_Choice]:
@@ -279,6 +300,8 @@ async def _collect(state: ServerState, job: _Job) -> list[_Choice]:
         choice = choices[index]
         choice.text.append(chunk.text)
         choice.completion_tokens = chunk.completion_tokens
+        if chunk.logprobs is not None:
+            choice.logprobs = (choice.logprobs or []) + chunk.logprobs
         if chunk.finish_reason is not None:
             choice.finish_reason = chunk.finish_reason
     return [choices[i] for i in sorted(choices)]
@@ -348,6 +371,7 @@ async def _sse(request: Request, state: ServerState, job: _Job) -> AsyncIterator
     created = now_ts()
     obj = "chat.completion.chunk" if chat else "text_completion"
     completion: dict[int, int] = {}
+    offsets: dict[int, int] = {}
 
     def event(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
         payload: dict[str, Any] = {
@@ -362,37 +386,58 @@ async def _sse(request: Request, state: ServerState, job: _Job) -> AsyncIterator
             payload["usage"] = usage
         return b"data: " + dumps_json(payload) + b"\n\n"
 
-    def text_choice(index: int, text: str, finish: str | None) -> dict[str, Any]:
-        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+    def encode_logprobs(index: int, items: list[TokenLogprob] | None) -> dict[str, Any] | None:
+        if items is None:
+            return None
+        if chat:
+            return chat_logprobs(items)
+        start = offsets.get(index, 0)
+        offsets[index] = start + sum(len(item.token) for item in items)
+        return completion_logprobs(items, start)
 
-    def chat_choice(index: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def text_choice(
+        index: int, text: str, finish: str | None, logprobs: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+    def chat_choice(
+        index: int, delta: dict[str, Any], finish: str | None, logprobs: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
 
     streams: dict[int, ChoiceStream] = {i: job.plan.stream() for i in job.indices()}
     try:
         if chat:
             role = {"role": "assistant", "content": ""}
-            yield event([chat_choice(i, role, None) for i in job.indices()])
+            yield event([chat_choice(i, role, None, None) for i in job.indices()])
         async for index, chunk in _merged(state, job):
             completion[index] = chunk.completion_tokens
+            # A chunk's logprobs ride on its first event: the text, else the finish.
+            logprobs = encode_logprobs(index, chunk.logprobs)
             if not chat:
                 if chunk.text or chunk.finish_reason is None:
-                    yield event([text_choice(index, chunk.text, None)])
+                    yield event([text_choice(index, chunk.text, None, logprobs)])
+                    logprobs = None
                 if chunk.finish_reason is not None:
-                    yield event([text_choice(index, "", chunk.finish_reason)])
+                    yield event([text_choice(index, "", chunk.finish_reason, logprobs)])
                 continue
             stream = streams[index]
             deltas = stream.feed(chunk.text)
-            if not deltas and chunk.finish_reason is None and job.plan.request.tool_mode is None:
-                # An empty step still shows the client that tokens flow.
-                deltas = [{"content": ""}]
+            if not deltas and chunk.finish_reason is None:
+                # An empty step still shows the client that tokens flow (held tool-call text
+                # does not, unless its logprobs must go out).
+                if job.plan.request.tool_mode is None:
+                    deltas = [{"content": ""}]
+                elif logprobs is not None:
+                    deltas = [{}]
             if chunk.finish_reason is not None:
                 last, finish = stream.finish(chunk.finish_reason)
                 deltas += last
             for delta in deltas:
-                yield event([chat_choice(index, delta, None)])
+                yield event([chat_choice(index, delta, None, logprobs)])
+                logprobs = None
             if chunk.finish_reason is not None:
-                yield event([chat_choice(index, {}, finish)])
+                yield event([chat_choice(index, {}, finish, logprobs)])
         total = sum(completion.values())
         await charge_tokens(state, request, job.prompt_tokens + total)
         if include_usage:
