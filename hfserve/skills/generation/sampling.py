@@ -285,6 +285,25 @@ def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return torch.cat([allowed, pad], dim=1)
 
 
+def penalise(logits: torch.Tensor, counts: torch.Tensor, floats: torch.Tensor) -> torch.Tensor:
+    """Repetition (prompt + generated), then frequency and presence (generated) penalties."""
+    import torch
+
+    generated = (counts & _COUNT_MASK).float()
+    repetition = floats[:, _REPETITION, None]
+    x = torch.where(
+        counts != 0, torch.where(logits > 0, logits / repetition, logits * repetition), logits
+    )
+    x = x - floats[:, _FREQUENCY, None] * generated
+    return x - floats[:, _PRESENCE, None] * (generated > 0).float()
+
+
+def _below_min_p(scaled: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Tokens less likely than ``min_p`` times the top token (MinPLogitsWarper's rule)."""
+    probs = scaled.softmax(dim=-1)
+    return probs < min_p[:, None] * probs.max(dim=-1, keepdim=True).values
+
+
 def _truncate(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     """top-k then top-p (transformers' warpers' rules) as one mask of the tokens to drop."""
     import torch
@@ -326,12 +345,7 @@ def sample(
     floats = table.floats[rows]
     ints = table.ints[rows]
     if plan.penalties:
-        counts = table.counts[rows]
-        generated = (counts & _COUNT_MASK).float()
-        repetition = floats[:, _REPETITION, None]
-        x = torch.where(counts != 0, torch.where(x > 0, x / repetition, x * repetition), x)
-        x = x - floats[:, _FREQUENCY, None] * generated
-        x = x - floats[:, _PRESENCE, None] * (generated > 0).float()
+        x = penalise(x, table.counts[rows], floats)
     if plan.logit_bias:
         x = x.scatter_add(1, table.bias_ids[rows], table.bias_values[rows])
     if plan.min_tokens:
@@ -349,9 +363,7 @@ def sample(
                 _truncate(scaled, ints[:, _TOP_K], floats[:, _TOP_P]), -math.inf
             )
         if plan.min_p:
-            probs = scaled.softmax(dim=-1)
-            floor = floats[:, _MIN_P, None] * probs.max(dim=-1, keepdim=True).values
-            scaled = scaled.masked_fill(probs < floor, -math.inf)
+            scaled = scaled.masked_fill(_below_min_p(scaled, floats[:, _MIN_P]), -math.inf)
         gumbel = -torch.log(-torch.log(uniform_noise(table, rows)))
         tokens = torch.where(is_sampled, (scaled + gumbel).argmax(dim=-1), tokens)
     # Progress, in place on the device: the step counter keys the noise and min_tokens.

@@ -171,7 +171,6 @@ class SamplingStage:
 
     def _fill_bitmask(self, slots: list[int]) -> None:
         from llguidance import LLExecutor
-        from llguidance.torch import fill_next_token_bitmask_par
 
         matchers = []
         for index, slot in enumerate(slots):
@@ -184,7 +183,12 @@ class SamplingStage:
             if self._executor is None:
                 self._executor = LLExecutor()
             # The masks of all grammar rows in parallel native threads (the GIL is released).
-            fill_next_token_bitmask_par(self._executor, matchers, host)
+            # This is ``llguidance.torch.fill_next_token_bitmask_par`` without importing that
+            # module, whose import compiles a kernel with ``torch.compile`` (pulls in inductor).
+            words = host.size(1)
+            self._executor.unsafe_compute_mask_ptr(
+                matchers, host.data_ptr(), words * 4, host.size(0)
+            )
             self._step_grammar = True
         if matchers or self.static:
             # A blocking copy: the step reads this buffer right after, on whatever stream.
