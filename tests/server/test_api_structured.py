@@ -150,7 +150,9 @@ def _assemble_stream(chunks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]]
     "choice",
     [
         {"tool_choice": "required", "parallel_tool_calls": False},
-        {"tool_choice": "required"},
+        # Parallel calls: greedy decoding of random weights keeps adding calls until max_tokens,
+        # while this seed closes the array after two (same seed, same tokens).
+        {"tool_choice": "required", "temperature": 1, "seed": 1},
         {"tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
     ],
 )
@@ -163,6 +165,8 @@ def test_forced_calls_validate_streamed_and_not(api: TestClient, choice: dict[st
         assert len(calls) == 1
     if "function" in choice["tool_choice"]:
         assert calls[0]["name"] == "get_weather"
+    if "seed" in choice:
+        assert len(calls) == 2
     streamed, finish = _assemble_stream(events(api, payload))
     assert finish == "tool_calls" and streamed == calls
 
@@ -230,3 +234,18 @@ def test_refused_schemas_and_templates_are_400(
     response = api.post(path, json=payload)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+def test_logprobs_of_held_tool_call_text_still_stream(api: TestClient) -> None:
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    payload = CHAT | {"tools": TOOLS, "tool_choice": named, "logprobs": True}
+    whole = post(api, payload).json()
+    chunks = events(api, payload | {"stream_options": {"include_usage": True}})
+    streamed = [
+        item
+        for chunk in chunks
+        if chunk["choices"] and chunk["choices"][0]["logprobs"]
+        for item in chunk["choices"][0]["logprobs"]["content"]
+    ]
+    assert len(streamed) == chunks[-1]["usage"]["completion_tokens"]
+    assert streamed == whole["choices"][0]["logprobs"]["content"]
