@@ -116,3 +116,21 @@ def test_malformed_text_stops_the_decoder(text: str) -> None:
     decoder.feed(text)
     assert decoder.malformed
     assert decoder.feed("more") == []
+
+
+def test_local_refs_of_parameters_still_point_at_their_definitions() -> None:
+    params = {
+        "$defs": {"Unit": {"enum": ["c", "f"]}},
+        "type": "object",
+        "properties": {"unit": {"$ref": "#/$defs/Unit"}, "self": {"$ref": "#"}},
+        "x": [{"$ref": "#/$defs/Unit"}, 1],
+    }
+    single = forced_call_schema([("get", params)], parallel=False)
+    args = single["properties"]["arguments"]
+    assert args["properties"]["unit"]["$ref"] == "#/properties/arguments/$defs/Unit"
+    assert args["properties"]["self"]["$ref"] == "#/properties/arguments"
+    assert args["x"] == [{"$ref": "#/properties/arguments/$defs/Unit"}, 1]
+    both = forced_call_schema([("get", params), ("put", params)], parallel=True)
+    second = both["items"]["anyOf"][1]["properties"]["arguments"]
+    assert second["properties"]["unit"]["$ref"] == "#/items/anyOf/1/properties/arguments/$defs/Unit"
+    assert params["properties"]["unit"]["$ref"] == "#/$defs/Unit"

@@ -29,12 +29,34 @@ _HEAD = '{"name":"'
 _MID = '","arguments":'
 
 
-def _call_schema(name: str, parameters: Mapping[str, Any] | None) -> dict[str, Any]:
+def _rebase_refs(schema: Any, base: str) -> Any:
+    """``schema`` with its local ``$ref`` pointers moved under ``base`` (a JSON pointer).
+
+    A function's parameters are embedded in the call's schema, so a ``"#/$defs/Unit"`` in
+    them (pydantic writes such refs) would point at the root of the call's schema instead of
+    the parameters' own ``$defs``.
+    """
+    if isinstance(schema, dict):
+        out = {}
+        for key, value in schema.items():
+            if key == "$ref" and isinstance(value, str) and value.startswith("#"):
+                out[key] = "#" + base + value[1:]
+            else:
+                out[key] = _rebase_refs(value, base)
+        return out
+    if isinstance(schema, list):
+        return [_rebase_refs(item, base) for item in schema]
+    return schema
+
+
+def _call_schema(name: str, parameters: Mapping[str, Any] | None, at: str) -> dict[str, Any]:
+    """The schema of one call, placed at JSON pointer ``at`` of the whole schema."""
+    arguments = dict(parameters) if parameters is not None else _EMPTY_PARAMETERS
     return {
         "type": "object",
         "properties": {
             "name": {"const": name},
-            "arguments": dict(parameters) if parameters is not None else _EMPTY_PARAMETERS,
+            "arguments": _rebase_refs(arguments, at + "/properties/arguments"),
         },
         "required": ["name", "arguments"],
         "additionalProperties": False,
@@ -48,8 +70,16 @@ def forced_call_schema(
 
     ``parallel`` allows one or more calls (a JSON array); otherwise exactly one call.
     """
-    calls = [_call_schema(name, parameters) for name, parameters in functions]
-    one: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    root = "/items" if parallel else ""
+    if len(functions) == 1:
+        one = _call_schema(*functions[0], at=root)
+    else:
+        one = {
+            "anyOf": [
+                _call_schema(name, parameters, at=f"{root}/anyOf/{i}")
+                for i, (name, parameters) in enumerate(functions)
+            ]
+        }
     if parallel:
         return {"type": "array", "items": one, "minItems": 1}
     return one
