@@ -11,6 +11,7 @@ from hfserve.server.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    _Sampling,
     parse_body,
 )
 
@@ -104,6 +105,12 @@ def test_sampling_fields_are_parsed() -> None:
     assert plain.token_bias() == {} and plain.logprobs_count() is None
     legacy = parse_body(CompletionRequest, {"model": "m", "prompt": "p", "logprobs": 3})
     assert legacy.logprobs_count() == 3
+    explicit_null = parse_body(
+        ChatCompletionRequest, {"model": "m", "messages": MSG, "logit_bias": None}
+    )
+    assert explicit_null.token_bias() == {}
+    # The shared base has no logprobs field of its own.
+    assert _Sampling.model_validate({"model": "m"}).logprobs_count() is None
 
 
 @pytest.mark.parametrize(

@@ -220,6 +220,21 @@ async def test_grammar_output_parses_and_ends_with_stop(tiny_models: TinyModels)
         await generator.aclose()
 
 
+async def test_a_tokenizer_llguidance_cannot_use_is_a_400(
+    tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    generator = TextGenerationSkill().load(str(tiny_models.gpt2), "cpu", "auto", RuntimeOptions())
+
+    def slow_only(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("Only fast tokenizers are supported")
+
+    monkeypatch.setattr(llguidance.hf, "from_tokenizer", slow_only)
+    with pytest.raises(InvalidRequestError, match="constrained decoding") as info:
+        generator.ll_tokenizer()
+    assert info.value.param == "response_format"
+    assert generator.vocab_size == logits_width(generator._model)
+
+
 async def test_a_grammar_failure_mid_generation_fails_that_request(
     tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch
 ) -> None:
