@@ -107,6 +107,11 @@ class Settings(BaseSettings):
         "Empty: the built-in offline demo models.",
     )
     task: str | None = Field(None, description="Force the skill task for every --model.")
+    chat_templates: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Chat templates as ALIAS=FILE (a Jinja file) replacing a served model's "
+        "own, e.g. a tool-capable one.",
+    )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="Weights dtype; auto picks float16/bfloat16 on GPUs, float32 on CPU."
@@ -202,7 +207,7 @@ class Settings(BaseSettings):
         True, description="When Redis is down: admit requests (open) or refuse them (closed)."
     )
 
-    @field_validator("models", "cors_origins", mode="before")
+    @field_validator("models", "cors_origins", "chat_templates", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):

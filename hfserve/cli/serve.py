@@ -33,6 +33,13 @@ def serve_command(
     task: str = typer.Option(
         None, help="Force the skill task (text-generation, embeddings, text-classification)."
     ),
+    chat_template: list[str] = typer.Option(
+        None,
+        "--chat-template",
+        help="ALIAS=FILE: serve model ALIAS with the Jinja chat template in FILE instead of its "
+        "own (e.g. one that renders tools); repeat per model.",
+        show_default=False,
+    ),
     host: str = typer.Option(
         None, help="Address to bind.  [default: 127.0.0.1]", show_default=False
     ),
@@ -103,6 +110,7 @@ def serve_command(
         config,
         models=model or None,
         task=task,
+        chat_templates=chat_template or None,
         host=host,
         port=port,
         workers=workers,

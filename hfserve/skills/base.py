@@ -24,11 +24,13 @@ __all__ = [
     "GenerationChunk",
     "GenerationModel",
     "GenerationRequest",
+    "Grammar",
     "LabelScore",
     "LoadedModel",
     "RuntimeOptions",
     "Skill",
     "SkillInfo",
+    "StructuredGenerationModel",
     "TokenLogprob",
 ]
 
@@ -37,6 +39,14 @@ TASK_EMBEDDINGS = "embeddings"
 TASK_CLASSIFICATION = "text-classification"
 
 FinishReason = Literal["stop", "length"]
+
+
+class Grammar(Protocol):
+    """A compiled output grammar; each generation gets its own matcher."""
+
+    def matcher(self) -> Any:
+        """A fresh ``llguidance.LLMatcher`` at the start of the grammar."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,8 @@ class RuntimeOptions:
     max_concurrent_generations: int = 16
     trust_remote_code: bool = False
     batch_observer: BatchObserver | None = None
+    # A chat template (Jinja source) that replaces the model's own (``--chat-template``).
+    chat_template: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -226,8 +238,12 @@ class GenerationChunk:
 class GenerationModel(LoadedModel, Protocol):
     """A loaded causal LM that serves chat and completions."""
 
-    def render_chat(self, messages: Sequence[Mapping[str, Any]]) -> str:
-        """The prompt text for ``messages`` via the tokenizer's chat template."""
+    def render_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> str:
+        """The prompt text for ``messages`` (and ``tools``) via the tokenizer's chat template."""
         ...
 
     def encode(self, text: str) -> list[int]:
@@ -241,6 +257,17 @@ class GenerationModel(LoadedModel, Protocol):
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         """Stream the generation; closing/cancelling the iterator cancels the request."""
+        ...
+
+
+@runtime_checkable
+class StructuredGenerationModel(GenerationModel, Protocol):
+    """A generation model that can constrain its output (JSON schemas, tool calls)."""
+
+    tool_format: str
+
+    async def compile_grammar(self, schema: Mapping[str, Any], *, param: str) -> Grammar:
+        """The compiled grammar of a JSON schema (``param``: the request field, for errors)."""
         ...
 
 

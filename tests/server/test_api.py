@@ -252,7 +252,7 @@ def test_classifications(client: TestClient) -> None:
         (CHAT | {"presence_penalty": 3.0}, "presence_penalty"),
         (CHAT | {"top_logprobs": 3}, "top_logprobs"),
         (CHAT | {"logit_bias": {"100000": 5}}, "logit_bias"),
-        (CHAT | {"tools": [{"type": "function"}]}, "tools"),
+        (CHAT | {"tools": [{"type": "function"}]}, "tools.0.function"),
         (CHAT | {"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"model": "tiny-llama", "messages": []}, "messages"),
         (
