@@ -27,6 +27,7 @@ __all__ = [
     "ClassificationRequest",
     "CompletionRequest",
     "EmbeddingRequest",
+    "ImagePart",
     "parse_body",
 ]
 
@@ -58,21 +59,43 @@ class TextPart(BaseModel):
     text: StrictStr
 
 
+class ImageURL(BaseModel):
+    """``image_url`` of an image part: a ``data:`` URL, or ``http(s)`` with remote media on.
+
+    ``detail`` is accepted for compatibility; the model's image processor sets the resolution.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    url: StrictStr = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(BaseModel):
+    """One image part of a multi-part message content (image-text-to-text models)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
 class ChatMessage(BaseModel):
     """One chat message."""
 
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: StrictStr | list[TextPart] | None = None
+    content: StrictStr | list[ContentPart] | None = None
     name: StrictStr | None = None
 
     def text(self) -> str:
-        """The message text (parts joined)."""
+        """The message text (text parts joined; image parts are read by ``server.media``)."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text for part in self.content if isinstance(part, TextPart))
 
 
 class _Sampling(_Body):

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ from starlette.responses import Response, StreamingResponse
 
 from hfserve.errors import HfServeError, InvalidRequestError
 from hfserve.server.errors import error_body, status_for
+from hfserve.server.media import load_chat_inputs, refuse_images
 from hfserve.server.requests import (
     cached_json,
     charge_tokens,
@@ -33,7 +35,12 @@ from hfserve.server.requests import (
 )
 from hfserve.server.schemas import ChatCompletionRequest, CompletionRequest, _Sampling, parse_body
 from hfserve.server.state import ServerState
-from hfserve.skills.base import GenerationChunk, GenerationModel, GenerationRequest
+from hfserve.skills.base import (
+    GenerationChunk,
+    GenerationModel,
+    GenerationRequest,
+    MultimodalGenerationModel,
+)
 
 __all__ = ["chat_completions", "completions"]
 
@@ -61,6 +68,8 @@ class _Job:
     prompts: list[list[int]]
     max_new_tokens: int
     started: float
+    # Extra model inputs (pixel values) of a multimodal chat, shared by its ``n`` choices.
+    media: Mapping[str, Any] | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -84,6 +93,7 @@ class _Job:
                             stop=body.stop_sequences(),
                             ignore_eos=body.ignore_eos,
                             min_tokens=body.min_tokens,
+                            media=self.media,
                         ),
                     )
                 )
@@ -96,9 +106,17 @@ async def chat_completions(request: Request) -> Response:
     state = server_state(request)
     body = parse_body(ChatCompletionRequest, await read_json(request))
     model = await load_model(state, request, body.model, GenerationModel, "/v1/chat/completions")  # type: ignore[type-abstract]
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    prompt_ids = model.encode(model.render_chat(messages))
+    media = None
+    if isinstance(model, MultimodalGenerationModel):
+        inputs = await load_chat_inputs(body.messages, state.settings)
+        prepared = await asyncio.to_thread(model.prepare_chat, inputs.messages, inputs.images)
+        prompt_ids, media = prepared.prompt_ids, prepared.media
+    else:
+        refuse_images(body.messages, body.model)
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        prompt_ids = model.encode(model.render_chat(messages))
     job = _make_job(state, "chat", body, model, [prompt_ids], body.max_new_tokens(), started)
+    job = dataclasses.replace(job, media=media)
     return await _respond(request, state, job)
 
 
