@@ -146,7 +146,7 @@ class BatchedGenerateEngine:
     @property
     def active(self) -> int:
         """Requests being decoded or waiting for the next batch."""
-        return len(self._waiting) + len(self._running)
+        return len(self._waiting) + sum(not row.finished for row in self._running)
 
     def memory_bytes(self) -> int:
         """0: the KV cache lives only while a ``generate`` call runs."""
@@ -357,12 +357,14 @@ def _build_sampler(rows: list[_Row], eos_ids: tuple[int, ...]) -> Any:
             out = scores
             for i, row in enumerate(rows):
                 request = row.request
-                suppress = bool(eos_ids) and row.produced < request.min_tokens
+                suppress = (
+                    bool(eos_ids) and not request.ignore_eos and row.produced < request.min_tokens
+                )
                 if row.finished or (request.temperature <= 0.0 and not suppress):
                     continue
                 if out is scores:
                     out = scores.clone()
-                if suppress and not request.ignore_eos:
+                if suppress:
                     out[i, list(eos_ids)] = -math.inf
                 if request.temperature > 0.0:
                     token = _sample_row(out[i], row)
