@@ -323,7 +323,10 @@ def parse_body(schema: type[T], data: Any) -> T:
     try:
         body = schema.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
+        # The deepest error is the most specific: for a union (message content: a string or a
+        # list of parts) it is the one inside the member that came closest, not "not a string".
+        errors = exc.errors(include_url=False)
+        first = max(errors, key=lambda error: len(error["loc"]))
         param = _param_path(first["loc"])
         raise InvalidRequestError(
             f"invalid value for {param or 'body'}: {first['msg']}", param=param
