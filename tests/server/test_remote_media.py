@@ -157,7 +157,7 @@ async def test_size_limit_declared_and_streamed(local_server: LocalServer) -> No
 
 
 async def test_time_limit(local_server: LocalServer) -> None:
-    with pytest.raises(InvalidRequestError, match="longer than 0.2s"):
+    with pytest.raises(InvalidRequestError, match=r"longer than 0\.2s"):
         await fetch(local_server.url + "/hang", time_limit=0.2)
 
 
