@@ -139,6 +139,42 @@ async def test_concurrent_requests_batch_and_match_their_solo_runs(
     assert vlm.active_generations == 0
 
 
+async def test_eos_ends_a_row_unless_it_ignores_eos(vlm: LoadedVisionGenerator) -> None:
+    first = _ids(await _run(vlm, _request(vlm, 1, ignore_eos=True)))[0]
+    # An engine on the same model for which that first greedy token is EOS.
+    engine = BatchedGenerateEngine(
+        vlm._model, eos_token_ids=[first], pad_token_id=0, options=RuntimeOptions(),
+        max_context=256, vocab_size=vlm.engine._vocab_size,
+    )  # fmt: skip
+    await engine.start()
+    try:
+        stopping = engine.submit(_request(vlm, 4))
+        ignoring = engine.submit(_request(vlm, 4, ignore_eos=True))
+        async with asyncio.timeout(HANG_GUARD):
+            stopped = [e async for e in stopping]
+            ignored = [e async for e in ignoring]
+    finally:
+        await engine.aclose()
+    assert [(e.token_ids, e.finish_reason) for e in stopped] == [([], "stop")]
+    tokens = [t for e in ignored for t in e.token_ids]
+    assert len(tokens) == 4 and tokens[0] == first
+    assert ignored[-1].finish_reason == "length"
+
+
+async def test_rows_still_end_when_generate_stops_early(
+    vlm: LoadedVisionGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = vlm._model.generate
+
+    def short(**kwargs: Any) -> Any:  # generate() ending for a reason of its own
+        return real(**kwargs, max_new_tokens=2)
+
+    monkeypatch.setattr(vlm._model, "generate", short)
+    chunks = await _run(vlm, _request(vlm, 6, ignore_eos=True))
+    assert chunks[-1].finish_reason == "length"
+    assert chunks[-1].completion_tokens == 2
+
+
 async def test_seeded_sampling_is_reproducible(vlm: LoadedVisionGenerator) -> None:
     def sampled(seed: int) -> GenerationRequest:
         return _request(vlm, 8, temperature=1.5, top_p=0.9, seed=seed, ignore_eos=True)

@@ -251,7 +251,9 @@ class BatchedGenerateEngine:
             do_sample=False,
             max_new_tokens=max(r.request.max_new_tokens for r in rows),
             pad_token_id=self._pad,
-            eos_token_id=None,
+            # Empty, not None: None is filled in from the model's generation config, and then
+            # generate() would end (and pad) an ``ignore_eos`` row at EOS on its own.
+            eos_token_id=[],
         )
         with torch.inference_mode():
             self._model.generate(
@@ -260,6 +262,12 @@ class BatchedGenerateEngine:
                 logits_processor=LogitsProcessorList([_build_sampler(rows, self._eos_ids)]),
                 stopping_criteria=StoppingCriteriaList([_build_stopper(rows, self)]),
             )
+        # Every row ends through the stopper; should generate() stop first for a reason of its
+        # own (max_length in the model's config), its rows must still end rather than hang.
+        unfinished = [r for r in rows if not r.finished]
+        for row in unfinished:
+            row.finished = True
+        self.post([(row, TokenEvent([], "length")) for row in unfinished])
 
     def _collate(self, rows: list[_Row]) -> dict[str, Any]:
         """Left-padded ids and mask, and the rows' extra inputs concatenated along dim 0."""
