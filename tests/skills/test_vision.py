@@ -36,7 +36,7 @@ from hfserve.skills.generation.batched import (
 )
 from hfserve.skills.registry import SkillRegistry
 from hfserve.skills.vision import ImageTextToTextSkill, LoadedVisionGenerator
-from tests.fixtures.tiny_vision import png_bytes
+from tests.fixtures.tiny_vision import build_tiny_idefics3, png_bytes
 
 pytestmark = pytest.mark.slow
 HANG_GUARD = 60
@@ -366,3 +366,30 @@ def test_collate_left_pads_ids_and_per_token_inputs() -> None:
     assert out["extra"] == "x"
     half = engine._collate(_rows(GenerationRequest([1], 2, media={"p": torch.zeros(1, 2)})))
     assert half["p"].dtype == torch.float32
+
+
+async def test_idefics3_batches_tiled_images_by_shape(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    path = build_tiny_idefics3(tmp_path_factory.mktemp("idefics3") / "tiny-idefics3")
+    assert SkillRegistry().resolve(str(path)).info.name == "image-text-to-text"
+    model = ImageTextToTextSkill().load(str(path), "cpu", "auto", RuntimeOptions())
+    await model.start()
+    try:
+
+        def request(text: str, size: tuple[int, int]) -> GenerationRequest:
+            prepared = model.prepare_chat(_messages(text), [_image(size=size)])
+            return GenerationRequest(
+                prepared.prompt_ids, 4, temperature=0.0, ignore_eos=True, media=prepared.media
+            )
+
+        square, other = request("hi", (60, 60)), request("describe it", (60, 60))
+        wide = request("and this", (64, 20))
+        assert square.media and wide.media
+        assert square.media["pixel_values"].shape[1] != wide.media["pixel_values"].shape[1]
+        alone = [_ids(await _run(model, r)) for r in (square, other, wide)]
+        together = await asyncio.gather(*(_run(model, r) for r in (square, other, wide)))
+        assert [_ids(c) for c in together] == alone
+        assert all(len(ids) == 4 for ids in alone)
+    finally:
+        await model.aclose()
