@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -73,7 +77,40 @@ def test_vision_chat_with_the_openai_sdk(
             messages=[{"role": "user", "content": [picture, picture, picture]}],  # type: ignore[list-item]
         )
     assert too_many.value.body["param"] == "messages"  # type: ignore[index]
+
+    # Clients that hang up mid-stream cancel their generations.
+    stream_body = {
+        "model": "vlm",
+        "messages": messages,
+        "max_tokens": 200,
+        "stream": True,
+        "ignore_eos": True,
+    }
+
+    async def open_and_drop() -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+            async with http.stream("POST", "/v1/chat/completions", json=stream_body) as response:
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    if '"content"' in line and '"content":""' not in line:
+                        break
+
+    async def drop_all() -> None:
+        await asyncio.gather(*(open_and_drop() for _ in range(3)))
+
+    asyncio.run(drop_all())
+    deadline = time.monotonic() + 5
+    while _active(server.url) > 0:
+        assert time.monotonic() < deadline, "vision generations still active after disconnect"
+        time.sleep(0.02)
     assert server.proc.poll() is None
+
+
+def _active(url: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    match = re.search(r'^hfserve_active_generations\{model="vlm"\} (\S+)$', text, re.M)
+    assert match is not None
+    return float(match.group(1))
 
 
 def test_cli_lists_and_inspects_the_vision_skill(tiny_llava: Path) -> None:
