@@ -173,6 +173,22 @@ class Settings(BaseSettings):
         0, ge=0, description="Longest prompt in tokens; 0 = the model's context."
     )
 
+    # --- images in chat ---------------------------------------------------------------------
+    max_images_per_request: int = Field(
+        8, ge=0, description="Most image parts in one chat request (0 refuses images)."
+    )
+    allow_remote_media: bool = Field(
+        False,
+        description="Fetch http(s) image URLs in chat messages (public addresses only); "
+        "off: only data: URLs are accepted.",
+    )
+    remote_media_max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest remote image a request may fetch."
+    )
+    remote_media_timeout: float = Field(
+        10.0, gt=0, description="Seconds a remote image fetch may take, redirects included."
+    )
+
     # --- batching and generation ------------------------------------------------------------
     max_batch_size: int = Field(
         32, ge=1, description="Most items in one embeddings/classification batch."
@@ -214,7 +230,13 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("cache_memory", "response_cache_memory", "max_body_bytes", mode="before")
+    @field_validator(
+        "cache_memory",
+        "response_cache_memory",
+        "max_body_bytes",
+        "remote_media_max_bytes",
+        mode="before",
+    )
     @classmethod
     def _parse_size(cls, value: Any) -> Any:
         if isinstance(value, str | int | float) and not isinstance(value, bool):

@@ -90,6 +90,15 @@ def serve_command(
     redis_url: str = typer.Option(
         None, help="Redis URL for state shared across replicas.", show_default=False
     ),
+    allow_remote_media: bool = typer.Option(
+        None,
+        "--allow-remote-media/--no-allow-remote-media",
+        help="Fetch http(s) image URLs in chat (public addresses only).  [default: off]",
+        show_default=False,
+    ),
+    max_images_per_request: int = typer.Option(
+        None, help="Most images in one chat request.  [default: 8]", show_default=False
+    ),
     grace_period: float = typer.Option(
         None, help="Seconds in-flight requests get on SIGTERM.  [default: 30]", show_default=False
     ),
@@ -126,6 +135,8 @@ def serve_command(
         response_cache=response_cache,
         torch_threads=torch_threads,
         redis_url=redis_url,
+        allow_remote_media=allow_remote_media,
+        max_images_per_request=max_images_per_request,
         grace_period=grace_period,
         log_level=log_level,
         log_format=log_format,

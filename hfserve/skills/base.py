@@ -17,6 +17,7 @@ __all__ = [
     "TASK_CLASSIFICATION",
     "TASK_EMBEDDINGS",
     "TASK_GENERATION",
+    "TASK_IMAGE_TEXT_TO_TEXT",
     "ClassificationModel",
     "ClassificationResult",
     "EmbeddingModel",
@@ -27,6 +28,8 @@ __all__ = [
     "Grammar",
     "LabelScore",
     "LoadedModel",
+    "MultimodalGenerationModel",
+    "PreparedPrompt",
     "RuntimeOptions",
     "Skill",
     "SkillInfo",
@@ -37,6 +40,7 @@ __all__ = [
 TASK_GENERATION = "text-generation"
 TASK_EMBEDDINGS = "embeddings"
 TASK_CLASSIFICATION = "text-classification"
+TASK_IMAGE_TEXT_TO_TEXT = "image-text-to-text"
 
 FinishReason = Literal["stop", "length"]
 
@@ -201,6 +205,9 @@ class GenerationRequest:
     logit_bias: Mapping[int, float] = field(default_factory=dict)
     logprobs: int | None = None
     grammar: Any | None = None
+    # Model inputs besides the token ids (pixel values, image sizes) from
+    # ``MultimodalGenerationModel.prepare_chat``; only that model's ``generate`` reads them.
+    media: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -257,6 +264,27 @@ class GenerationModel(LoadedModel, Protocol):
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         """Stream the generation; closing/cancelling the iterator cancels the request."""
+        ...
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A chat rendered by a multimodal processor: token ids (image tokens expanded) and the
+    extra model inputs (``pixel_values`` ...) that go with them."""
+
+    prompt_ids: list[int]
+    media: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class MultimodalGenerationModel(GenerationModel, Protocol):
+    """A generation model that also reads images in chat messages."""
+
+    def prepare_chat(
+        self, messages: Sequence[Mapping[str, Any]], images: Sequence[Any]
+    ) -> PreparedPrompt:
+        """Render ``messages`` (content parts ``{"type": "image"}`` in order of ``images``,
+        Pillow images) into prompt ids and model inputs (blocking: run it off the loop)."""
         ...
 
 
