@@ -401,7 +401,8 @@ class GenerationEngine:
                 f" exceeds the model's context of {self._max_context} tokens",
                 param="max_tokens",
             )
-        _check_sampling(request, self._vocab_size)
+        # Bias ids index the logits, which can be narrower or wider than the input vocabulary.
+        _check_sampling(request, self._stage.vocab_size if self._stage else self._vocab_size)
 
     def submit(self, request: GenerationRequest) -> TokenStream:
         """Queue a generation; its tokens arrive on the returned stream.

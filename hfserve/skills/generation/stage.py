@@ -163,7 +163,7 @@ class SamplingStage:
         self._step_grammar = False
         if self._grammar_rows or self.static:
             self._fill_bitmask(slots)
-        if self.device.type != "cpu":
+        if self.device.type != "cpu":  # pragma: no cover - accelerators only
             # Rows and masks were written on the current stream; the step may run on another
             # (transformers' compute stream, or a graph replay), so let those writes land first.
             torch.accelerator.synchronize(self.device)
