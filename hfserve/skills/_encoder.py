@@ -25,6 +25,7 @@ from hfserve.skills.base import (
     RuntimeOptions,
     SkillInfo,
 )
+from hfserve.skills.limits import check_token_ids, declared_limit
 from hfserve.skills.pooling import PoolingConfig
 
 __all__ = [
@@ -40,8 +41,6 @@ __all__ = [
 R = TypeVar("R")
 log = logging.getLogger("hfserve.skills")
 
-# Tokenizers without a real limit report a huge sentinel as model_max_length.
-_NO_LIMIT = 1_000_000
 # Requests whose text inputs total at most this many characters are tokenized on the event
 # loop; longer ones in a worker thread, so a huge input never blocks other requests.
 _INLINE_TOKENIZE_CHARS = 2048
@@ -59,17 +58,12 @@ class EncodedInputs:
 def max_input_length(tokenizer: Any, config: Any, declared: int | None = None) -> int:
     """The longest input in tokens: ``declared`` (sentence-transformers) or the tighter of the
     tokenizer's and the position table's limits."""
-    limits = [declared] if declared else []
-    tok_limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tok_limit, int) and 0 < tok_limit < _NO_LIMIT:
-        limits.append(tok_limit)
-    positions = getattr(config, "max_position_embeddings", None)
-    if isinstance(positions, int) and positions > 0:
-        limits.append(positions)
-    if declared:
-        # sentence-transformers' max_seq_length wins, but never past what the model can embed.
-        return min(limits)
-    return min(limits) if limits else 512
+    # sentence-transformers' max_seq_length wins, but never past what the model can embed.
+    model_limit = declared_limit(
+        getattr(tokenizer, "model_max_length", None),
+        getattr(config, "max_position_embeddings", None),
+    )
+    return declared_limit(declared, model_limit) or 512
 
 
 def special_token_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -123,6 +117,11 @@ class EncoderModel(ABC, Generic[R]):
     def max_input_tokens(self) -> int:
         """The longest input in tokens; longer inputs are truncated to it."""
         return self._max_length
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids an input may use are in ``[0, vocab_size)``: the tokenizer's full vocabulary."""
+        return len(self._tokenizer)
 
     def memory_bytes(self) -> int:
         """Bytes of parameters and buffers."""
@@ -188,7 +187,7 @@ class EncoderModel(ABC, Generic[R]):
             InvalidRequestError: an input is neither text nor a list of valid token ids.
         """
         room = max(1, self._max_length - len(self._prefix) - len(self._suffix))
-        vocab = len(self._tokenizer)
+        vocab = self.vocab_size
         ids: list[list[int]] = []
         truncated = 0
         for index, item in enumerate(inputs):
@@ -198,11 +197,7 @@ class EncoderModel(ABC, Generic[R]):
                 ]
             else:
                 content = list(item)
-                if not all(isinstance(t, int) and 0 <= t < vocab for t in content):
-                    raise InvalidRequestError(
-                        f"input {index}: token ids must be integers in [0, {vocab})",
-                        param="input",
-                    )
+                check_token_ids(content, vocab, param="input", where=f"input {index}: ")
             if len(content) > room:
                 truncated += 1
                 content = content[:room]

@@ -182,13 +182,15 @@ def test_completions_variants(client: TestClient) -> None:
         "/v1/completions", json={"model": "tiny-llama", "prompt": [5, 6, 7], "max_tokens": 2}
     )
     assert ids.status_code == 200 and ids.json()["usage"]["prompt_tokens"] == 3
-    assert_error(
-        client.post(
-            "/v1/completions", json={"model": "tiny-llama", "prompt": [10**9], "max_tokens": 2}
-        ),
-        400,
-        param="prompt",
-    )
+    # Checked by the route against the model's declared vocab_size, before any generation.
+    model = client.app.state.hfserve.loader.cache.get("tiny-llama")  # type: ignore[attr-defined]
+    for bad in ([10**9], [model.vocab_size], [-1]):
+        refused = client.post(
+            "/v1/completions", json={"model": "tiny-llama", "prompt": bad, "max_tokens": 2}
+        )
+        assert_error(refused, 400, param="prompt")
+        message = refused.json()["error"]["message"]
+        assert message == f"prompt token ids must be integers in [0, {model.vocab_size})"
 
 
 def test_completions_stream(client: TestClient) -> None:
