@@ -385,7 +385,7 @@ def test_auth(make_client: Any, tmp_path: Any) -> None:
     assert client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     assert client.get("/v1/models", headers={"x-api-key": key}).status_code == 200
     assert client.get("/health").status_code == 200 and client.get("/metrics").status_code == 200
-    record = store.list()[0]
+    record = store.list_keys()[0]
     store.revoke(record.id)
     deadline = time.monotonic() + 1.0  # the server re-reads the keys file at most every 0.25 s
     while client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code != 401:
