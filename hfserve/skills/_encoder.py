@@ -33,12 +33,14 @@ __all__ = [
     "EncoderClassificationModel",
     "EncoderEmbeddingModel",
     "EncoderModel",
+    "load_encoder",
     "max_input_length",
     "pool",
     "special_token_frame",
 ]
 
 R = TypeVar("R")
+M = TypeVar("M", bound="EncoderModel[Any]")
 log = logging.getLogger("hfserve.skills")
 
 # Requests whose text inputs total at most this many characters are tokenized on the event
@@ -64,6 +66,50 @@ def max_input_length(tokenizer: Any, config: Any, declared: int | None = None) -
         getattr(config, "max_position_embeddings", None),
     )
     return declared_limit(declared, model_limit) or 512
+
+
+def load_encoder(
+    model_class: type[M],
+    auto_class: Any,
+    source: str,
+    *,
+    device: str,
+    dtype: str,
+    options: RuntimeOptions,
+    max_seq_length: int | None = None,
+    **kwargs: Any,
+) -> M:
+    """Load ``source``'s tokenizer and ``auto_class`` model onto ``device`` in ``dtype``, in eval
+    mode, as a ``model_class`` (blocking): the load both encoder skills share.
+
+    Args:
+        model_class: ``EncoderEmbeddingModel`` or ``EncoderClassificationModel``.
+        auto_class: the transformers ``Auto*`` class that builds the model.
+        source: the folder (or Hub id) holding the weights and tokenizer.
+        device: where the model runs.
+        dtype: a resolved dtype name (``float32``, ``float16``, ``bfloat16``).
+        options: the runtime options; ``trust_remote_code`` applies to both loads.
+        max_seq_length: a declared input limit (sentence-transformers' ``max_seq_length``).
+        kwargs: the rest of ``model_class``'s arguments (``info``, ``model_id``, ...).
+    """
+    from transformers import AutoTokenizer
+
+    from hfserve.skills._torch import torch_dtype
+
+    trust = options.trust_remote_code
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
+    model = auto_class.from_pretrained(source, dtype=torch_dtype(dtype), trust_remote_code=trust)
+    model.to(device)
+    model.eval()
+    return model_class(
+        device=device,
+        dtype=dtype,
+        model=model,
+        tokenizer=tokenizer,
+        max_length=max_input_length(tokenizer, model.config, max_seq_length),
+        options=options,
+        **kwargs,
+    )
 
 
 def special_token_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
