@@ -30,6 +30,13 @@ def serve_command(
         "None: the built-in offline demo models.",
         show_default=False,
     ),
+    models_dir: Path = typer.Option(
+        None,
+        "--models-dir",
+        help="Offer every model folder and .gguf file in DIR by name; each loads on its first "
+        "request and is unloaded by LRU, --cache-memory and idle time.",
+        show_default=False,
+    ),
     task: str = typer.Option(
         None, help="Force the skill task (text-generation, embeddings, text-classification)."
     ),
@@ -97,6 +104,7 @@ def serve_command(
     settings = build_settings(
         config,
         models=model or None,
+        models_dir=models_dir,
         task=task,
         host=host,
         port=port,
@@ -168,6 +176,9 @@ def run_server(settings: Settings) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     apply_torch_threads(settings)
+    from hfserve.runtime.sources import check_startup
+
+    check_startup(settings)  # a missing folder, Hub id or device: one line, before anything
     app = create_app(settings)
     state: ServerState = app.state.hfserve
     console = Console(stderr=True)
@@ -179,7 +190,11 @@ def run_server(settings: Settings) -> None:
         )
     specs = state.loader.specs
     lines = [f"[bold]{alias}[/]  {spec.source}" for alias, spec in specs.items()]
-    demo = "" if settings.models else "  [dim](built-in offline demo; random-weights chat model)[/]"
+    demo = (
+        ""
+        if settings.models or settings.models_dir
+        else "  [dim](built-in offline demo; random-weights chat model)[/]"
+    )
     console.print(
         Panel(
             "\n".join(
@@ -211,3 +226,7 @@ def run_server(settings: Settings) -> None:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, **options)
     server = DrainingServer(config, state=state, grace_period=settings.grace_period)
     server.run()
+    if state.preload_error is not None:
+        from hfserve.errors import ModelLoadError
+
+        raise ModelLoadError(state.preload_error)
