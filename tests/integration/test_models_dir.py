@@ -1,0 +1,155 @@
+"""``hfserve serve --models-dir``: models on demand, evicted for real, listed without paths."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from tests.fixtures.tiny_models import TinyModels
+from tests.integration.conftest import StartServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _sdk(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def _models_dir(root: Path, **models: Path) -> Path:
+    folder = root / "models"
+    folder.mkdir()
+    for name, source in models.items():
+        (folder / name).symlink_to(source, target_is_directory=True)
+    return folder
+
+
+def _states(url: str) -> dict[str, str]:
+    return {card["id"]: card["state"] for card in httpx.get(url + "/v1/models").json()["data"]}
+
+
+def _counter(url: str, name: str) -> dict[str, float]:
+    """Samples of one counter by their label text, from a live /metrics scrape."""
+    text = httpx.get(url + "/metrics").text
+    return {
+        labels: float(value)
+        for labels, value in re.findall(rf"^{name}\{{(.*?)\}} (\S+)$", text, re.MULTILINE)
+    }
+
+
+def test_three_models_cycle_through_one_slot(
+    start_server: StartServer, tiny_models: TinyModels, tmp_path: Path
+) -> None:
+    folder = _models_dir(
+        tmp_path, chat=tiny_models.llama, emb=tiny_models.bert, cls=tiny_models.bert_cls
+    )
+    server = start_server("--models-dir", str(folder), "--max-loaded-models", "1", models=[])
+    body = httpx.get(server.url + "/v1/models").text
+    assert str(tmp_path) not in body and str(tiny_models.root) not in body  # no server paths
+    cards = {card["id"]: card for card in httpx.get(server.url + "/v1/models").json()["data"]}
+    assert set(cards) == {"chat", "cls", "emb"}
+    for card in cards.values():
+        assert card["state"] == "available" and card["pinned"] is False and "source" not in card
+    assert {alias: card["task"] for alias, card in cards.items()} == {
+        "chat": "text-generation",
+        "cls": "text-classification",
+        "emb": "embeddings",
+    }
+
+    client = _sdk(server.url)
+    for _ in range(2):
+        vectors = client.embeddings.create(model="emb", input=["hello"]).data
+        assert len(vectors[0].embedding) == 32
+        assert _states(server.url) == {"chat": "available", "cls": "available", "emb": "loaded"}
+        labels = httpx.post(
+            server.url + "/v1/classifications", json={"model": "cls", "input": ["good"]}, timeout=60
+        )
+        assert labels.status_code == 200, labels.text
+        assert _states(server.url)["cls"] == "loaded"
+        chat = client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
+        assert chat.choices[0].message.role == "assistant"
+        assert _states(server.url) == {"chat": "loaded", "cls": "available", "emb": "available"}
+
+    loads = _counter(server.url, "hfserve_model_loads_total")
+    assert sum(loads.values()) == 6
+    evictions = _counter(server.url, "hfserve_model_evictions_total")
+    assert sum(evictions.values()) == 5
+    assert evictions['model="emb",reason="lru"'] == 2
+    assert evictions['model="cls",reason="lru"'] == 2
+    assert evictions['model="chat",reason="lru"'] == 1
+    assert "unloaded model emb (lru)" in server.log()
+
+
+def _big_bert(tiny: TinyModels, target: Path) -> int:
+    """A ~75 MB BERT with the tiny BERT's tokenizer; its weight bytes."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    config = BertConfig.from_pretrained(tiny.bert)
+    config.update({"hidden_size": 512, "num_hidden_layers": 6, "intermediate_size": 2048})
+    config.num_attention_heads = 8
+    model = BertModel(config)
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(tiny.bert).save_pretrained(target)
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def test_rss_falls_after_an_eviction(
+    start_server: StartServer, tiny_models: TinyModels, tmp_path: Path
+) -> None:
+    size = _big_bert(tiny_models, tmp_path / "big-bert")
+    assert size > 60_000_000
+    folder = _models_dir(tmp_path, big=tmp_path / "big-bert", small=tiny_models.bert)
+    server = start_server("--models-dir", str(folder), "--max-loaded-models", "1", models=[])
+    process = psutil.Process(server.proc.pid)
+    client = _sdk(server.url)
+
+    def use(model: str) -> int:
+        client.embeddings.create(model=model, input=["hello world"])
+        return int(process.memory_info().rss)
+
+    use("small")  # torch, transformers and the tokenizer stack are in memory from here on
+    base = use("small")
+    loaded = use("big")
+    evicted = use("small")
+    print(f"RSS: base {base >> 20} MiB, big loaded {loaded >> 20} MiB, evicted {evicted >> 20} MiB")
+    assert loaded - base > size * 0.8
+    # The big model's weights went back to the OS, not just to the allocator's free lists.
+    assert loaded - evicted > size * 0.8
+    assert _states(server.url) == {"big": "available", "small": "loaded"}
+
+
+def test_models_added_later_are_offered_and_failures_are_503(
+    start_server: StartServer, tiny_models: TinyModels, tmp_path: Path
+) -> None:
+    folder = _models_dir(tmp_path, emb=tiny_models.bert)
+    server = start_server("--models-dir", str(folder), models=[])
+    shutil.copytree(tiny_models.bert_cls, folder / "late-cls")
+    broken = folder / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"architectures": ["NoSuchArchitecture"]}')
+    assert _states(server.url) == {
+        "broken": "available",
+        "emb": "available",
+        "late-cls": "available",
+    }
+    answer = httpx.post(
+        server.url + "/v1/classifications",
+        json={"model": "late-cls", "input": ["x"]},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    failed = httpx.post(
+        server.url + "/v1/embeddings", json={"model": "broken", "input": "x"}, timeout=60
+    )
+    assert failed.status_code == 503
+    error = failed.json()["error"]
+    assert error["code"] == "model_load_failed"
+    assert "cannot load model 'broken'" in error["message"]
+    assert "NoSuchArchitecture" in error["message"]
