@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -153,3 +156,46 @@ def test_models_added_later_are_offered_and_failures_are_503(
     assert error["code"] == "model_load_failed"
     assert "cannot load model 'broken'" in error["message"]
     assert "NoSuchArchitecture" in error["message"]
+
+
+def _slow_echo(folder: Path, name: str, gate: Path) -> None:
+    model = folder / name
+    model.mkdir()
+    os.mkfifo(gate)
+    config = {"architectures": ["EchoModel"], "gate": str(gate)}
+    (model / "config.json").write_text(json.dumps(config))
+
+
+def _embed(url: str, model: str) -> httpx.Response:
+    return httpx.post(url + "/v1/embeddings", json={"model": model, "input": "x"}, timeout=60)
+
+
+def test_a_timed_out_load_is_closed_late_and_does_not_hold_up_shutdown(
+    start_server: StartServer, echo_plugin: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    _slow_echo(folder, "slow", tmp_path / "slow-gate")
+    _slow_echo(folder, "stuck", tmp_path / "stuck-gate")  # never released
+    server = start_server("--models-dir", str(folder), models=[], env={"HFSERVE_LOAD_TIMEOUT": "1"})
+    timed_out = _embed(server.url, "slow")
+    assert timed_out.status_code == 503
+    assert timed_out.json()["error"]["code"] == "model_load_failed"
+    assert "took longer than 1s" in timed_out.json()["error"]["message"]
+    assert _states(server.url)["slow"] == "loading"
+    again = _embed(server.url, "slow")  # no second load beside the one still running
+    assert again.status_code == 503 and again.json()["error"]["code"] == "unavailable"
+    assert "Retry-After" in again.headers
+
+    with (tmp_path / "slow-gate").open("wb") as gate:  # the slow load now finishes
+        gate.write(b"go")
+    (tmp_path / "slow-gate").unlink()
+    deadline = time.monotonic() + 30
+    while _states(server.url)["slow"] != "available":
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.05)
+    assert "model slow finished loading after its load was abandoned; closing it" in server.log()
+    assert _embed(server.url, "slow").status_code == 200  # a fresh load, served
+
+    assert _embed(server.url, "stuck").status_code == 503  # its thread never ends
+    assert server.stop(timeout=30) == 0  # and shutdown does not wait for it
