@@ -435,7 +435,7 @@ class ModelLoader:
             self._abandon(spec.alias, thread)
             raise ModelLoadError(
                 f"loading model {spec.alias!r} took longer than {timeout:g}s "
-                "(raise load_timeout for big models)"
+                "(raise load_timeout, HFSERVE_LOAD_TIMEOUT, for big models)"
             ) from None
         except asyncio.CancelledError:
             self._abandon(spec.alias, thread)
