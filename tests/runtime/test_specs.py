@@ -56,6 +56,8 @@ def test_parse_model_spec_aliases(tmp_path: Path) -> None:
     folder = _folder(tmp_path, "tiny")
     assert parse_model_spec(str(folder)).alias == "tiny"
     assert parse_model_spec("Qwen/Qwen2.5-0.5B/").alias == "Qwen/Qwen2.5-0.5B"
+    (tmp_path / "q4.gguf").write_bytes(b"GGUF")
+    assert parse_model_spec(str(tmp_path / "q4.gguf")).alias == "q4"
     spec = parse_model_spec(f"x={folder}", pinned=False)
     assert (spec.alias, spec.source, spec.pinned) == ("x", str(folder), False)
     assert parse_model_spec("h=~/m").source == str(Path("~/m").expanduser())
