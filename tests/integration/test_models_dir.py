@@ -103,18 +103,39 @@ def _big_bert(tiny: TinyModels, target: Path) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+def _big_llama(tiny: TinyModels, target: Path) -> int:
+    """A ~75 MB Llama with the tiny Llama's tokenizer and chat template; its weight bytes."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig.from_pretrained(tiny.llama)
+    config.update({"hidden_size": 512, "num_hidden_layers": 6, "intermediate_size": 1376})
+    config.update({"num_attention_heads": 8, "num_key_value_heads": 8, "head_dim": 64})
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(tiny.llama).save_pretrained(target)
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+@pytest.mark.parametrize("kind", ["embeddings", "generation"])
 def test_rss_falls_after_an_eviction(
-    start_server: StartServer, tiny_models: TinyModels, tmp_path: Path
+    start_server: StartServer, tiny_models: TinyModels, tmp_path: Path, kind: str
 ) -> None:
-    size = _big_bert(tiny_models, tmp_path / "big-bert")
+    # Generation also starts the engine's thread and allocates its KV cache: both must go.
+    build, small = (
+        (_big_bert, tiny_models.bert) if kind == "embeddings" else (_big_llama, tiny_models.llama)
+    )
+    size = build(tiny_models, tmp_path / "big-model")
     assert size > 60_000_000
-    folder = _models_dir(tmp_path, big=tmp_path / "big-bert", small=tiny_models.bert)
+    folder = _models_dir(tmp_path, big=tmp_path / "big-model", small=small)
     server = start_server("--models-dir", str(folder), "--max-loaded-models", "1", models=[])
     process = psutil.Process(server.proc.pid)
     client = _sdk(server.url)
 
     def use(model: str) -> int:
-        client.embeddings.create(model=model, input=["hello world"])
+        if kind == "embeddings":
+            client.embeddings.create(model=model, input=["hello world"])
+        else:
+            client.completions.create(model=model, prompt="hello", max_tokens=4)
         return int(process.memory_info().rss)
 
     use("small")  # torch, transformers and the tokenizer stack are in memory from here on
