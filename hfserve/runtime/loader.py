@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import threading
@@ -38,7 +39,12 @@ from hfserve.errors import (
     UnavailableError,
 )
 from hfserve.hardware import DeviceChoice, HardwareReport, choose_device
-from hfserve.runtime.specs import ModelSpec, discover_models, parse_model_spec
+from hfserve.runtime.specs import (
+    ModelSpec,
+    discover_models,
+    parse_chat_templates,
+    parse_model_spec,
+)
 from hfserve.settings import Settings
 from hfserve.skills.base import LoadedModel, RuntimeOptions, Skill
 from hfserve.skills.registry import SkillRegistry
@@ -231,7 +237,18 @@ class ModelLoader:
             from hfserve.runtime.demo import demo_specs
 
             by_alias = {spec.alias: spec for spec in demo_specs()}
+        templates = parse_chat_templates(settings.chat_templates, list(by_alias))
+        for alias, template in templates.items():
+            by_alias[alias] = dataclasses.replace(by_alias[alias], chat_template=template)
         return by_alias
+
+    def skill_name(self, spec: ModelSpec) -> str | None:
+        """The name of the skill that will serve ``spec``, or ``None`` when it cannot be told
+        before loading (a Hub id not downloaded yet, a folder the demo builds on first load)."""
+        try:
+            return self._registry.resolve(spec.source, spec.task).info.name
+        except HfServeError:
+            return None
 
     # --- state -----------------------------------------------------------------------------
 
@@ -460,7 +477,10 @@ class ModelLoader:
             if spec.build is not None:
                 spec.build(Path(spec.source))
             skill = self._registry.resolve(spec.source, spec.task)
-            model = skill.load(spec.source, choice.device, choice.dtype, self._options)
+            options = self._options
+            if spec.chat_template is not None:
+                options = dataclasses.replace(options, chat_template=_read_template(spec))
+            model = skill.load(spec.source, choice.device, choice.dtype, options)
         except HfServeError:
             raise
         except Exception as exc:  # transformers/torch/plugins raise OSError, ValueError, ...
@@ -527,3 +547,18 @@ class ModelLoader:
         # The last references are gone with the loop variable: now the memory can go back.
         del model
         await asyncio.to_thread(release_memory)
+
+
+def _read_template(spec: ModelSpec) -> str:
+    """The text of ``spec``'s chat template file.
+
+    Raises:
+        ModelLoadError: the file cannot be read.
+    """
+    assert spec.chat_template is not None
+    try:
+        return spec.chat_template.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(
+            f"cannot read the chat template of {spec.alias!r} from {spec.chat_template}: {exc}"
+        ) from exc

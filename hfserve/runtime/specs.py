@@ -10,7 +10,7 @@ hfserve a new on-disk format is one suffix in ``MODEL_FILE_SUFFIXES``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,7 @@ __all__ = [
     "ModelSpec",
     "discover_models",
     "is_model_path",
+    "parse_chat_templates",
     "parse_model_spec",
 ]
 
@@ -36,6 +37,7 @@ class ModelSpec:
 
     ``pinned`` models (``--model``) are preloaded and never evicted; unpinned ones
     (``--models-dir``) load on first use and leave memory by LRU, byte budget or idle time.
+    ``chat_template``, when set, is a Jinja file that replaces the model's own chat template.
     ``build``, when set, creates the folder ``source`` before the first load (the offline demo
     chat model); it runs in the loader's worker thread and must be idempotent.
     """
@@ -45,6 +47,7 @@ class ModelSpec:
     task: str | None = None
     pinned: bool = True
     label: str = ""
+    chat_template: Path | None = None
     build: Callable[[Path], Path] | None = field(default=None, compare=False, repr=False)
 
 
@@ -112,3 +115,24 @@ def parse_model_spec(text: str, *, task: str | None = None, pinned: bool = True)
     if source.startswith("~"):
         source = str(Path(source).expanduser())
     return ModelSpec(alias=alias or _default_alias(source), source=source, task=task, pinned=pinned)
+
+
+def parse_chat_templates(items: list[str], aliases: Collection[str]) -> dict[str, Path]:
+    """Parse ``ALIAS=FILE`` items (``--chat-template``) into alias -> template file.
+
+    Raises:
+        ConfigError: an item is malformed, names an alias not served, or twice the same alias.
+    """
+    out: dict[str, Path] = {}
+    for item in items:
+        alias, sep, file = (part.strip() for part in item.partition("="))
+        if not sep or not alias or not file:
+            raise ConfigError(f"bad chat template {item!r}: use ALIAS=FILE")
+        if alias not in aliases:
+            raise ConfigError(
+                f"chat template for {alias!r}, which is not served; served: {', '.join(aliases)}"
+            )
+        if alias in out:
+            raise ConfigError(f"two chat templates for {alias!r}")
+        out[alias] = Path(file).expanduser()
+    return out
