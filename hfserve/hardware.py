@@ -129,6 +129,10 @@ def choose_device(
         device, reason = "mps", "requested"
     elif req == "cuda" or req.startswith("cuda:"):
         index = 0 if req == "cuda" else _parse_index(req)
+        if not cuda_devices:
+            raise ConfigError(
+                f"no CUDA device: --device {requested} needs one (use --device auto or cpu)"
+            )
         if not any(d.index == index for d in cuda_devices):
             raise ConfigError(
                 f"device {requested!r} requested but this machine has "

@@ -106,6 +106,12 @@ class Settings(BaseSettings):
         description="Models to serve as [ALIAS=]PATH_OR_ID; the first is the default. "
         "Empty: the built-in offline demo models.",
     )
+    models_dir: Path | None = Field(
+        None,
+        description="Folder whose sub-folders (with a config.json) and .gguf files are offered "
+        "by name, loaded on first request and unloaded by LRU, --cache-memory and "
+        "model_idle_ttl.",
+    )
     task: str | None = Field(None, description="Force the skill task for every --model.")
     chat_templates: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -243,7 +249,7 @@ class Settings(BaseSettings):
             return parse_size(value)
         return value
 
-    @field_validator("keys_file", mode="before")
+    @field_validator("keys_file", "models_dir", mode="before")
     @classmethod
     def _expand_path(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -114,4 +114,4 @@ def test_cli_bad_device_is_one_line_and_exit_2(
         main(["hardware", "--device", "cuda:2"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: device 'cuda:2' requested") and err.count("\n") == 1
+    assert err.startswith("error: no CUDA device: --device cuda:2") and err.count("\n") == 1

@@ -29,7 +29,11 @@ Row = tuple[str, str]
 
 def _url_row(settings: Settings) -> Row:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    demo = "" if settings.models else "  [dim](built-in offline demo; random-weights chat model)[/]"
+    demo = (
+        ""
+        if settings.models or settings.models_dir
+        else "  [dim](built-in offline demo; random-weights chat model)[/]"
+    )
     return "URL", f"http://{host}:{settings.port}/v1{demo}"
 
 

@@ -56,8 +56,10 @@ def inspect_command(
 
     from hfserve.hardware import probe
     from hfserve.runtime.inspection import estimate_memory
+    from hfserve.runtime.sources import check_source
     from hfserve.skills.registry import SkillRegistry
 
+    check_source(model)  # "no such folder: …" or the offline hint, at once
     console = Console(stderr=json_output)
     report = probe(device, dtype)
     choice = report.choice

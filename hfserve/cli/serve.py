@@ -30,6 +30,13 @@ def serve_command(
         "None: the built-in offline demo models.",
         show_default=False,
     ),
+    models_dir: Path = typer.Option(
+        None,
+        "--models-dir",
+        help="Offer every model folder and .gguf file in DIR by name; each loads on its first "
+        "request and is unloaded by LRU, --cache-memory and idle time.",
+        show_default=False,
+    ),
     task: str = typer.Option(
         None, help="Force the skill task (text-generation, embeddings, text-classification)."
     ),
@@ -118,6 +125,7 @@ def serve_command(
     settings = build_settings(
         config,
         models=model or None,
+        models_dir=models_dir,
         task=task,
         chat_templates=chat_template or None,
         host=host,
@@ -191,6 +199,9 @@ def run_server(settings: Settings) -> None:
 
     apply_torch_threads(settings)  # before anything imports torch
     configure_logging(settings.log_level, settings.log_format)
+    from hfserve.runtime.sources import check_startup
+
+    check_startup(settings)  # a missing folder, Hub id or device: one line, before anything
     app = create_app(settings)
     state: ServerState = app.state.hfserve
     if not state.auth_enabled() and not _is_loopback(settings.host):
@@ -216,3 +227,7 @@ def run_server(settings: Settings) -> None:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, **options)
     server = DrainingServer(config, state=state, grace_period=settings.grace_period)
     server.run()
+    if state.preload_error is not None:
+        from hfserve.errors import ModelLoadError
+
+        raise ModelLoadError(state.preload_error)

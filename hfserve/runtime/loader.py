@@ -1,39 +1,88 @@
 """``ModelLoader``: model name -> spec -> skill -> device -> load -> cache, behind a breaker.
 
-One loader serves every route. A cold model is loaded once however many requests ask for it
-at the same time; a model whose load keeps failing is refused fast (``CircuitOpenError``) until
-its breaker's recovery timeout passes; models leave the cache by LRU, byte budget or idle TTL
-(never the pinned ones named in ``--model``) and are closed, which frees their memory.
+One loader serves every route. ``--model`` models are pinned and preloaded; ``--models-dir``
+models are offered, loaded on first request, and leave the cache by LRU, byte budget or idle
+TTL, after which their memory is really given back (``core.memory.release_memory``). A cold
+model is loaded once however many requests ask for it at the same time; a model whose load
+keeps failing is refused fast (``CircuitOpenError``) until its breaker's recovery timeout passes.
+
+A load runs in a daemon thread of its own rather than ``asyncio.to_thread``: a thread cannot be
+interrupted, so a load past ``load_timeout`` keeps running after its callers gave up. The
+loader remembers it, refuses a second load of that alias until it ends, then closes the late
+model; and since the thread is a daemon outside the loop's executor, neither the loop's
+shutdown nor the interpreter's exit waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import functools
 import logging
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol, TypeVar
 
 from hfserve.core.batcher import BatchObserver
 from hfserve.core.breaker import CircuitBreaker
 from hfserve.core.clock import Clock, MonotonicClock
+from hfserve.core.memory import release_memory
 from hfserve.core.model_cache import ModelCache
 from hfserve.errors import (
     ConfigError,
     HfServeError,
     ModelLoadError,
     ModelNotFoundError,
+    RetryableError,
     ShuttingDownError,
+    UnavailableError,
 )
 from hfserve.hardware import DeviceChoice, HardwareReport, choose_device
-from hfserve.runtime.specs import ModelSpec, parse_chat_templates, parse_model_spec
+from hfserve.runtime.specs import (
+    ModelSpec,
+    discover_models,
+    parse_chat_templates,
+    parse_model_spec,
+)
 from hfserve.settings import Settings
 from hfserve.skills.base import LoadedModel, RuntimeOptions, Skill
 from hfserve.skills.registry import SkillRegistry
 
-__all__ = ["LoaderObserver", "ModelLoader"]
+__all__ = ["LoaderObserver", "ModelLoader", "ModelState"]
 
 logger = logging.getLogger(__name__)
+
+ModelState = Literal["loaded", "loading", "available"]
+T = TypeVar("T")
+
+
+def _in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
+    """Run ``fn`` in a new daemon thread; a future of its result on the running loop.
+
+    Unlike ``asyncio.to_thread`` nothing waits for this thread at loop shutdown or exit.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():  # a caller may have cancelled it meanwhile
+            outcome()
+
+    def target() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:
+            done = functools.partial(settle, functools.partial(future.set_exception, exc))
+        else:
+            done = functools.partial(settle, functools.partial(future.set_result, result))
+        # A closed loop (the process is exiting) raises RuntimeError: the result is dropped.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(done)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future
 
 
 class LoaderObserver(Protocol):
@@ -99,6 +148,11 @@ class ModelLoader:
         )
         self._breakers: dict[str, CircuitBreaker] = {}
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
+        # Load threads that outlived their timeout (or a cancelled load): the alias stays
+        # busy until they end, and what they produce is closed, never served.
+        self._late: dict[str, asyncio.Future[tuple[Skill, LoadedModel]]] = {}
+        self._closers: set[asyncio.Task[None]] = set()
+        self._tasks: dict[str, str | None] = {}
         # Models the cache let go of, waiting for ``aclose`` (the cache's callback is sync).
         self._retired: list[tuple[str, LoadedModel, str]] = []
         self._closed = False
@@ -133,26 +187,41 @@ class ModelLoader:
     def resolve_name(self, name: str) -> ModelSpec:
         """The spec for a model alias or source (path or Hub id).
 
+        A name not known yet triggers a rescan of ``--models-dir`` (a model copied there
+        while the server runs is served without a restart).
+
         Raises:
             ModelNotFoundError: no served model has that name; the message lists them.
         """
-        specs = self.specs
-        if name in specs:
-            return specs[name]
-        for spec in specs.values():
-            if name == spec.source:
-                return spec
-        available = ", ".join(specs)
+        for attempt in range(2):
+            specs = self.specs
+            if name in specs:
+                return specs[name]
+            for spec in specs.values():
+                if name == spec.source:
+                    return spec
+            if attempt == 0 and not self.rescan():
+                break
+        available = ", ".join(self.specs)
         raise ModelNotFoundError(f"model {name!r} is not served here; available: {available}")
+
+    def rescan(self) -> list[str]:
+        """Offer the models added to ``--models-dir`` since the last scan; their aliases."""
+        folder = self._settings.models_dir
+        if folder is None or not folder.is_dir():
+            return []
+        specs = self.specs
+        assert self._specs is not None
+        added = [
+            s for s in discover_models(folder, task=self._settings.task) if s.alias not in specs
+        ]
+        for spec in added:
+            self._specs[spec.alias] = spec
+        return [spec.alias for spec in added]
 
     def _build_specs(self) -> dict[str, ModelSpec]:
         settings = self._settings
-        if settings.models:
-            specs = [parse_model_spec(text, task=settings.task) for text in settings.models]
-        else:
-            from hfserve.runtime.demo import demo_specs
-
-            specs = demo_specs()
+        specs = [parse_model_spec(text, task=settings.task) for text in settings.models]
         by_alias: dict[str, ModelSpec] = {}
         for spec in specs:
             if spec.alias in by_alias:
@@ -160,6 +229,18 @@ class ModelLoader:
                     f"model alias {spec.alias!r} is used twice; name them with ALIAS=PATH"
                 )
             by_alias[spec.alias] = spec
+        if settings.models_dir is not None:
+            for spec in discover_models(settings.models_dir, task=settings.task):
+                if spec.alias in by_alias:
+                    logger.warning(
+                        "--models-dir entry %s is shadowed by --model %s", spec.source, spec.alias
+                    )
+                    continue
+                by_alias[spec.alias] = spec
+        elif not specs:
+            from hfserve.runtime.demo import demo_specs
+
+            by_alias = {spec.alias: spec for spec in demo_specs()}
         templates = parse_chat_templates(settings.chat_templates, list(by_alias))
         for alias, template in templates.items():
             by_alias[alias] = dataclasses.replace(by_alias[alias], chat_template=template)
@@ -186,6 +267,34 @@ class ModelLoader:
         except ModelNotFoundError:
             return False
         return alias in self._cache
+
+    def state(self, name: str) -> ModelState:
+        """``loaded`` (in memory), ``loading`` (a load is running) or ``available``."""
+        alias = self.resolve_name(name).alias
+        if alias in self._cache:
+            return "loaded"
+        if alias in self._loading or alias in self._late:
+            return "loading"
+        return "available"
+
+    def task_of(self, name: str) -> str | None:
+        """The task a model serves: from the loaded model, ``--task``, or its local
+        ``config.json`` (read once); ``None`` when that takes a load to know."""
+        spec = self.resolve_name(name)
+        model = self._cache.peek(spec.alias)
+        if model is not None:
+            return model.info.task
+        if spec.task is not None:
+            return spec.task
+        if spec.alias not in self._tasks:
+            task: str | None = None
+            if Path(spec.source).is_dir():
+                try:
+                    task = self._registry.resolve(spec.source).info.task
+                except HfServeError:
+                    task = None
+            self._tasks[spec.alias] = task
+        return self._tasks[spec.alias]
 
     def breaker(self, name: str) -> CircuitBreaker:
         """The load breaker of a model (created on first use)."""
@@ -214,8 +323,9 @@ class ModelLoader:
         Raises:
             ModelNotFoundError: no served model has that name.
             CircuitOpenError: its loads failed repeatedly; retry after ``retry_after``.
-            ModelLoadError: loading failed (bad files, timeout, out of memory, ...).
-            SkillNotFoundError: no skill handles the model.
+            ModelLoadError: loading failed (bad files, no skill for it, timeout, out of
+                memory, ...); the message says why.
+            UnavailableError: a load of it that timed out is still running; retry later.
             OverloadedError: it does not fit the cache next to the pinned models.
             ShuttingDownError: the loader is closed.
         """
@@ -227,6 +337,12 @@ class ModelLoader:
         if model is not None:
             return model
         task = self._loading.get(spec.alias)
+        if task is None and spec.alias in self._late:
+            raise UnavailableError(
+                f"model {spec.alias!r} is still finishing a load that timed out; it is closed "
+                "when that ends, then a new load can start",
+                retry_after=5,
+            )
         if task is None:
             # Ask the breaker before starting a load; joiners of a running load do not.
             self.breaker(spec.alias).allow()
@@ -242,13 +358,15 @@ class ModelLoader:
                 del self._loading[alias]
 
     async def preload(self) -> None:
-        """Load every served model now (the server's startup), in order.
+        """Load every pinned model now (the server's startup), in order; ``--models-dir``
+        models wait for their first request.
 
         Raises:
             HfServeError: the first model that fails to load.
         """
-        for alias in self.specs:
-            await self.get(alias)
+        for alias, spec in self.specs.items():
+            if spec.pinned:
+                await self.get(alias)
 
     async def evict(self, name: str) -> bool:
         """Unload a model (pinned or not) and free its memory; whether it was loaded."""
@@ -263,6 +381,16 @@ class ModelLoader:
         await self._close_retired()
         return gone
 
+    async def sweep_idle(self) -> None:
+        """Unload idle models every quarter of ``model_idle_ttl`` until cancelled (a server
+        that gets no requests must still let its idle models go)."""
+        ttl = self._settings.model_idle_ttl
+        if ttl <= 0:
+            return
+        while True:
+            await asyncio.sleep(max(0.25, ttl / 4))
+            await self.evict_idle()
+
     async def aclose(self) -> None:
         """Cancel loads in progress, unload every model and free its memory."""
         self._closed = True
@@ -272,6 +400,9 @@ class ModelLoader:
         await asyncio.gather(*loads, return_exceptions=True)
         self._cache.clear()
         await self._close_retired()
+        # Late models that already arrived are being closed; threads still loading are
+        # daemons whose result is closed (or dropped with the loop): shutdown does not wait.
+        await asyncio.gather(*self._closers, return_exceptions=True)
 
     async def _load(self, spec: ModelSpec) -> LoadedModel:
         """Load, start and cache one model, recording the outcome on its breaker."""
@@ -290,11 +421,18 @@ class ModelLoader:
         except asyncio.CancelledError:
             breaker.record_cancelled()
             raise
-        except Exception:
+        except Exception as exc:
             breaker.record_failure()
             if self._observer is not None:
                 self._observer.on_load_failure(spec.alias)
-            raise
+            if isinstance(exc, ModelLoadError | RetryableError):
+                raise
+            # Whatever stopped it (no skill for its config, a device gone), for the client
+            # this model failed to load: 503 model_load_failed with the reason.
+            message = (
+                exc.message if isinstance(exc, HfServeError) else f"{type(exc).__name__}: {exc}"
+            )
+            raise ModelLoadError(f"cannot load model {spec.alias!r}: {message}") from exc
         finally:
             await self._close_retired()
         breaker.record_success()
@@ -307,14 +445,22 @@ class ModelLoader:
     async def _load_and_start(self, spec: ModelSpec) -> LoadedModel:
         choice = await self._device()
         timeout = self._settings.load_timeout
+        thread = _in_daemon_thread(
+            functools.partial(self._load_blocking, spec, choice), f"hfserve-load-{spec.alias}"
+        )
         try:
             async with asyncio.timeout(timeout):
-                skill, model = await asyncio.to_thread(self._load_blocking, spec, choice)
+                # Shielded: the timeout or a cancel stops the waiting, not the thread's future.
+                skill, model = await asyncio.shield(thread)
         except TimeoutError:
+            self._abandon(spec.alias, thread)
             raise ModelLoadError(
-                f"loading model {spec.alias!r} from {spec.source} took longer than {timeout:g}s "
-                "(raise --load-timeout for big models)"
+                f"loading model {spec.alias!r} took longer than {timeout:g}s "
+                "(raise load_timeout, HFSERVE_LOAD_TIMEOUT, for big models)"
             ) from None
+        except asyncio.CancelledError:
+            self._abandon(spec.alias, thread)
+            raise
         try:
             await model.start()
         except BaseException as exc:
@@ -347,6 +493,30 @@ class ModelLoader:
             ) from exc
         return skill, model
 
+    def _abandon(self, alias: str, thread: asyncio.Future[tuple[Skill, LoadedModel]]) -> None:
+        """Keep ``alias`` busy until its load thread ends, then close what it loaded."""
+        self._late[alias] = thread
+        thread.add_done_callback(functools.partial(self._close_late, alias))
+
+    def _close_late(self, alias: str, thread: asyncio.Future[tuple[Skill, LoadedModel]]) -> None:
+        if self._late.get(alias) is thread:
+            del self._late[alias]
+        if thread.cancelled() or thread.exception() is not None:
+            return  # nothing was loaded (the failure was already reported as the timeout)
+        _, model = thread.result()
+        logger.warning("model %s finished loading after its load was abandoned; closing it", alias)
+        closer = asyncio.get_running_loop().create_task(self._close_model(alias, model))
+        self._closers.add(closer)
+        closer.add_done_callback(self._closers.discard)
+
+    async def _close_model(self, alias: str, model: LoadedModel) -> None:
+        try:
+            await model.aclose()
+        except Exception:
+            logger.exception("closing model %s failed", alias)
+        del model
+        await asyncio.to_thread(release_memory)
+
     async def _device(self) -> DeviceChoice:
         if self._hardware is None:
             from hfserve.hardware import probe
@@ -367,6 +537,8 @@ class ModelLoader:
 
     async def _close_retired(self) -> None:
         """Close the models the cache evicted; a failing close is logged, not raised."""
+        if not self._retired:
+            return
         while self._retired:
             alias, model, reason = self._retired.pop(0)
             try:
@@ -376,6 +548,9 @@ class ModelLoader:
             logger.info("unloaded model %s (%s)", alias, reason)
             if self._observer is not None:
                 self._observer.on_evict(alias, reason)
+        # The last references are gone with the loop variable: now the memory can go back.
+        del model
+        await asyncio.to_thread(release_memory)
 
 
 def _read_template(spec: ModelSpec) -> str:

@@ -75,6 +75,8 @@ def create_app(
         state.started_at = int(time.time())
         await shared.start()
         state.spawn(_preload(state))
+        if settings.model_idle_ttl > 0:
+            state.spawn(state.loader.sweep_idle())
         if metrics_.multiprocess_dir is not None:
             state.spawn(_sample_gauges(state))
         try:

@@ -15,6 +15,7 @@ from hfserve.errors import (
     InferenceError,
     InvalidRequestError,
     KeyNotFoundError,
+    ModelLoadError,
     ModelNotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
@@ -36,6 +37,9 @@ _TABLE: tuple[tuple[type[HfServeError], int, str], ...] = (
     (KeyNotFoundError, 404, "invalid_request_error"),
     (RateLimitedError, 429, "rate_limit_error"),
     (RetryableError, 503, "server_overloaded"),
+    # A model that cannot load is the server's trouble, not the request's; 503 because
+    # another replica (or this one, once fixed) can serve it.
+    (ModelLoadError, 503, "server_error"),
     (InferenceError, 500, "server_error"),
 )
 

@@ -22,6 +22,9 @@ class DrainingServer(uvicorn.Server):
     refuses new work, waits for in-flight requests (streams included) up to the grace
     period, then lets uvicorn shut down (the app's lifespan then cancels what is left with a
     clear error). A second signal forces exit. The exit status is 0.
+
+    A pinned model that fails to preload stops the server right away: a server that can never
+    become ready should say so and exit, not sit unready until a probe gives up on it.
     """
 
     def __init__(self, config: uvicorn.Config, *, state: ServerState, grace_period: float) -> None:
@@ -43,7 +46,10 @@ class DrainingServer(uvicorn.Server):
         self.hf_state.begin_drain()
 
     async def on_tick(self, counter: int) -> bool:
-        """uvicorn's periodic tick: end the drain when idle or when the grace period is over."""
+        """uvicorn's periodic tick: end the drain when idle or when the grace period is over;
+        stop at once when a ``--model`` failed to preload (the CLI then exits non-zero)."""
+        if self.hf_state.preload_error is not None and not self.should_exit:
+            self.should_exit = True
         deadline = self.drain_deadline
         if deadline is not None and not self.should_exit:
             if self.hf_state.in_flight <= 0:

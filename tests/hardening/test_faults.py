@@ -225,10 +225,21 @@ def test_a_hanging_load_is_cut_by_the_load_timeout(
             time.sleep(0.02)
         assert ready.status_code == 503
         assert "took longer than 0.3s" in ready.json()["error"]
+        # The hung thread cannot be interrupted: no second load starts beside it.
+        busy = client.post("/v1/embeddings", json={"model": "hang", "input": "x"})
+        assert busy.status_code == 503 and int(busy.headers["retry-after"]) >= 1
+        assert error_shape(busy.json())["code"] == "unavailable"
+        assert "still finishing a load that timed out" in error_shape(busy.json())["message"]
+        assert hanging_skill.loads == 1
+        hanging_skill.release.set()  # the stuck mount comes back: its thread ends
+        loader_state = client.app.state.hfserve.loader.state  # type: ignore[attr-defined]
+        while loader_state("hang") != "available":
+            assert time.monotonic() < deadline, "the late load never ended"
+            time.sleep(0.02)
         failed = client.post("/v1/embeddings", json={"model": "hang", "input": "x"})
         err = error_shape(failed.json())
-        assert failed.status_code == 500 and err["code"] == "model_load_failed"
-        assert "took longer than 0.3s" in err["message"] and "--load-timeout" in err["message"]
+        assert failed.status_code == 503 and err["code"] == "model_load_failed"
+        assert "RuntimeError: released at teardown" in err["message"]
         # Two failures open the breaker: the next request is refused fast with Retry-After.
         started = time.perf_counter()
         refused = client.post("/v1/embeddings", json={"model": "hang", "input": "x"})

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -19,10 +22,10 @@ from hfserve.errors import (
     ModelNotFoundError,
     OverloadedError,
     ShuttingDownError,
-    SkillNotFoundError,
+    UnavailableError,
 )
 from hfserve.hardware import HardwareReport
-from hfserve.runtime.loader import ModelLoader
+from hfserve.runtime.loader import ModelLoader, _in_daemon_thread
 from hfserve.runtime.specs import ModelSpec, parse_model_spec
 from hfserve.settings import Settings
 from hfserve.skills.base import RuntimeOptions, SkillInfo
@@ -224,12 +227,14 @@ async def test_failing_load_trips_breaker_and_recovers(tmp_path: Path) -> None:
     assert model.started and loader.breaker("m").state is BreakerState.CLOSED
 
 
-async def test_hfserve_errors_pass_through_and_count(tmp_path: Path) -> None:
+async def test_a_model_no_skill_handles_fails_to_load_with_the_reason(tmp_path: Path) -> None:
     folder = tmp_path / "noconfig"
     folder.mkdir()
-    loader, _ = _loader(FakeSkill(), models=[str(folder)], breaker_failures=1)
-    with pytest.raises(SkillNotFoundError):
+    loader, rec = _loader(FakeSkill(), models=[str(folder)], breaker_failures=1)
+    # On demand or at start-up, for the client this is a model that fails to load (503).
+    with pytest.raises(ModelLoadError, match=r"cannot load model 'noconfig': .*config\.json"):
         await loader.get("noconfig")
+    assert rec.events == [("fail", "noconfig")]
     with pytest.raises(CircuitOpenError):
         await loader.get("noconfig")
 
@@ -290,3 +295,183 @@ async def test_aclose_cancels_a_load_in_progress(tmp_path: Path) -> None:
     with pytest.raises(asyncio.CancelledError):
         await caller
     assert loader.breaker("m").state is BreakerState.CLOSED
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``condition`` on the loop until true, failing after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_timed_out_load_blocks_the_alias_then_is_closed(tmp_path: Path) -> None:
+    skill = FakeSkill()
+    skill.gate = threading.Event()
+    loader, rec = _loader(skill, models=[_model(tmp_path, "m", 10)], load_timeout=0.05)
+    with pytest.raises(ModelLoadError, match=r"took longer than 0\.05s"):
+        await loader.get("m")
+    # The thread still loads: the alias is busy, and no second load starts beside it.
+    assert loader.state("m") == "loading"
+    with pytest.raises(UnavailableError, match="still finishing a load that timed out"):
+        await loader.get("m")
+    assert len(skill.loads) == 1
+    skill.gate.set()
+    await _until(lambda: loader.state("m") == "available" and not loader._closers)
+    late = skill.models[0]
+    assert late.closed and not late.started and loader.loaded() == []
+    assert rec.events == [("fail", "m")]  # the late model is never served nor counted loaded
+    skill.gate = None
+    fresh = await loader.get("m")
+    assert fresh is not late and fresh.started and len(skill.loads) == 2
+
+
+async def test_a_timed_out_load_that_then_fails_frees_the_alias(tmp_path: Path) -> None:
+    skill = FakeSkill()
+    skill.gate = threading.Event()
+    skill.fail = OSError("disk gone")
+    loader, _ = _loader(skill, models=[_model(tmp_path, "m", 10)], load_timeout=0.05)
+    with pytest.raises(ModelLoadError, match="took longer"):
+        await loader.get("m")
+    skill.gate.set()
+    await _until(lambda: loader.state("m") == "available")
+    assert skill.models == [] and not loader._closers
+
+
+async def test_aclose_does_not_wait_for_a_stuck_load_thread(tmp_path: Path) -> None:
+    skill = FakeSkill()
+    skill.gate = threading.Event()
+    loader, _ = _loader(skill, models=[_model(tmp_path, "m", 10)])
+    caller = asyncio.create_task(loader.get("m"))
+    await asyncio.to_thread(skill.entered.wait, 10)
+    async with asyncio.timeout(5):  # returns at once although the thread is still loading
+        await loader.aclose()
+    assert any(t.name == "hfserve-load-m" and t.daemon for t in threading.enumerate())
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    skill.gate.set()
+    await _until(lambda: not loader._late and not loader._closers)
+    assert skill.models[0].closed
+
+
+def test_a_process_exits_while_a_load_thread_is_stuck(tmp_path: Path) -> None:
+    # asyncio.run joins the loop's executor threads at the end: with to_thread this hung
+    # forever; the load's daemon thread must not hold the process up.
+    model = _model(tmp_path, "m", 10)
+    script = f"""
+import asyncio, threading
+from hfserve.runtime.loader import ModelLoader, _in_daemon_thread
+from hfserve.settings import Settings
+from hfserve.skills.registry import SkillRegistry
+from tests.runtime.test_loader import CPU_ONLY, FakeSkill
+
+skill = FakeSkill()
+skill.gate = threading.Event()  # never set: the load never ends
+
+async def main():
+    loader = ModelLoader(Settings(models=[{model!r}], load_timeout=0.2), hardware=CPU_ONLY,
+                         registry=SkillRegistry(include_builtins=False, skills=[skill]))
+    try:
+        await loader.get("m")
+    except Exception as exc:
+        print("refused:", exc)
+    await loader.aclose()
+
+asyncio.run(main())
+print("exited")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "refused: loading model 'm' took longer than 0.2s" in done.stdout
+    assert done.stdout.rstrip().endswith("exited")
+
+
+def test_a_thread_finishing_after_its_loop_closed_is_dropped() -> None:
+    gate = threading.Event()
+
+    async def start() -> asyncio.Future[int]:
+        return _in_daemon_thread(lambda: gate.wait(10) and 1, "hfserve-test-late")
+
+    loop = asyncio.new_event_loop()
+    future = loop.run_until_complete(start())
+    loop.close()
+    gate.set()
+    thread = next(t for t in threading.enumerate() if t.name == "hfserve-test-late")
+    thread.join(10)
+    assert not thread.is_alive() and not future.done()
+
+
+def _models_dir(root: Path, *names: str) -> Path:
+    folder = root / "models"
+    folder.mkdir()
+    for name in names:
+        _model(folder, name, 10)
+    (folder / "notes").mkdir()  # no config.json: not a model
+    (folder / "README.md").write_text("not a model")
+    return folder
+
+
+async def test_models_dir_models_load_on_demand_and_are_evicted(tmp_path: Path) -> None:
+    skill = FakeSkill()
+    pinned = _model(tmp_path, "p", 10)
+    folder = _models_dir(tmp_path, "a", "b", "p")
+    loader, rec = _loader(skill, models=[pinned], models_dir=folder, max_loaded_models=2)
+    specs = loader.specs
+    assert list(specs) == ["p", "a", "b"]  # the --model "p" shadows the folder's "p"
+    assert specs["p"].pinned and not specs["a"].pinned
+    assert specs["a"].source == str((folder / "a").resolve())
+    await loader.preload()
+    assert loader.loaded() == ["p"] and loader.state("a") == "available"
+    assert loader.task_of("a") == "embeddings"  # from its config.json, before any load
+    for name in ("a", "b", "a"):
+        await loader.get(name)
+        assert loader.state(name) == "loaded"
+    assert loader.loaded() == ["p", "a"]
+    assert ("evict", "a:lru") in rec.events and ("evict", "b:lru") in rec.events
+    assert [m.closed for m in skill.models] == [False, True, True, False]
+    assert loader.task_of("a") == "embeddings"  # now from the loaded model
+
+
+async def test_models_dir_rescan_offers_models_added_later(tmp_path: Path) -> None:
+    folder = _models_dir(tmp_path, "a")
+    loader, _ = _loader(FakeSkill(), models_dir=folder)
+    assert list(loader.specs) == ["a"] and loader.default_model == "a"
+    assert loader.rescan() == []
+    _model(folder, "late", 10)
+    assert (await loader.get("late")).model_id.endswith("late")
+    assert list(loader.specs) == ["a", "late"]
+    with pytest.raises(ModelNotFoundError, match="available: a, late"):
+        loader.resolve_name("nope")
+    shutil.rmtree(folder)
+    assert loader.rescan() == []
+
+
+async def test_task_of_is_none_until_a_load_tells(tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "x.gguf").write_bytes(b"GGUF")
+    broken = folder / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"architectures": ["Unknown"]}))
+    loader, _ = _loader(FakeSkill(), models_dir=folder)
+    assert list(loader.specs) == ["broken", "x"]
+    assert loader.task_of("x") is None and loader.task_of("broken") is None
+    forced, _ = _loader(FakeSkill(), models_dir=folder, task="embeddings")
+    assert forced.task_of("x") == "embeddings"
+
+
+async def test_idle_sweeper_unloads_without_requests(tmp_path: Path) -> None:
+    clock = FakeClock()
+    folder = _models_dir(tmp_path, "a")
+    loader, rec = _loader(FakeSkill(), clock, models_dir=folder, model_idle_ttl=1)
+    await loader.get("a")
+    sweeper = asyncio.create_task(loader.sweep_idle())
+    clock.advance(2)
+    await _until(lambda: loader.loaded() == [])
+    assert ("evict", "a:idle") in rec.events
+    sweeper.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sweeper
+    off, _ = _loader(FakeSkill(), models_dir=folder)
+    await off.sweep_idle()  # no TTL: returns at once

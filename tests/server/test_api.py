@@ -67,6 +67,13 @@ def test_models_list_and_get(client: TestClient) -> None:
     cards = {m["id"]: m for m in data["data"]}
     assert set(cards) == {"tiny-llama", "tiny-bert", "tiny-cls"}
     assert all(m["object"] == "model" and m["loaded"] and m["pinned"] for m in cards.values())
+    # Alias, task, state and pin; never where the model lives on the server's disk.
+    assert all(m["state"] == "loaded" and "source" not in m for m in cards.values())
+    assert {m["id"]: m["task"] for m in cards.values()} == {
+        "tiny-llama": "text-generation",
+        "tiny-bert": "embeddings",
+        "tiny-cls": "text-classification",
+    }
     assert client.get("/v1/models/tiny-bert").json()["id"] == "tiny-bert"
     assert_error(client.get("/v1/models/nope"), 404, code="model_not_found")
 

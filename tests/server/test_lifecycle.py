@@ -21,6 +21,7 @@ class _State:
     def __init__(self) -> None:
         self.in_flight = 0
         self.draining = False
+        self.preload_error: str | None = None
 
     def begin_drain(self) -> None:
         self.draining = True
@@ -40,6 +41,13 @@ async def test_first_signal_drains_and_exits_when_idle() -> None:
     assert await server.on_tick(1) is False  # a request is still in flight
     state.in_flight = 0
     assert await server.on_tick(1) is True
+
+
+async def test_a_failed_preload_stops_the_server_without_a_signal() -> None:
+    server, state = _server(grace=30)
+    assert await server.on_tick(1) is False
+    state.preload_error = "cannot load model 'x': no skill handles ./x"
+    assert await server.on_tick(1) is True and not state.draining
 
 
 async def test_grace_period_over_cancels_the_rest() -> None:

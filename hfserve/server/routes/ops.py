@@ -46,30 +46,33 @@ async def metrics(request: Request) -> Response:
     return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
 
-def _model_card(state: Any, alias: str) -> dict[str, Any]:
-    spec = state.loader.specs[alias]
-    model = state.loader.cache.peek(alias)
+def _model_card(state: Any, alias: str, model_state: str) -> dict[str, Any]:
+    # Never the source: a path would tell every client how the server's disk is laid out.
+    loader = state.loader
     return {
         "id": alias,
         "object": "model",
         "created": state.started_at,
         "owned_by": "hfserve",
-        "source": spec.source,
-        "task": spec.task or (model.info.task if model is not None else None),
-        "loaded": state.loader.is_loaded(alias),
-        "pinned": spec.pinned,
+        "task": loader.task_of(alias),
+        "state": model_state,
+        "loaded": model_state == "loaded",
+        "pinned": loader.specs[alias].pinned,
     }
 
 
 async def list_models(request: Request) -> Response:
-    """The models this server serves, with which are loaded and pinned."""
+    """Every offered model with its task, state (loaded, loading, available) and pin."""
     state = server_state(request)
+    loader = state.loader
+    loader.rescan()
+    states = tuple((alias, loader.state(alias)) for alias in loader.specs)
     # Clients poll this route (health checks, SDK start-up), and its body only changes when a
-    # model loads or is evicted: keep the encoded body until the set of loaded models changes.
-    fingerprint = (state.started_at, frozenset(state.loader.loaded()))
+    # model is added, loads or is evicted: keep the encoded body until one of those happens.
+    fingerprint = (state.started_at, states)
     cached = state.models_listing
     if cached is None or cached[0] != fingerprint:
-        data = [_model_card(state, alias) for alias in state.loader.specs]
+        data = [_model_card(state, alias, model_state) for alias, model_state in states]
         cached = (fingerprint, dumps_json({"object": "list", "data": data}))
         state.models_listing = cached
     return encoded_json_response(cached[1])
@@ -79,4 +82,4 @@ async def get_model(request: Request) -> Response:
     """One model's card; 404 ``model_not_found`` when unknown."""
     state = server_state(request)
     alias = state.loader.resolve_name(request.path_params["model"]).alias
-    return json_response(_model_card(state, alias))
+    return json_response(_model_card(state, alias, state.loader.state(alias)))

@@ -74,4 +74,9 @@ class EchoSkill:
 
     def load(self, model_path: str, device: str, dtype: str, options: RuntimeOptions) -> EchoModel:
         config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+        gate = Path(config.get("gate", "/nonexistent/gate"))
+        if gate.exists():
+            # A FIFO: reading blocks until the test writes to it, so a test holds this load
+            # in progress for exactly as long as it needs (a slow model, without sleeping).
+            gate.read_bytes()
         return EchoModel(self.info, model_path, device, dtype, float(config.get("scale", 1.0)))
