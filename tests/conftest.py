@@ -10,6 +10,7 @@ import pytest
 from tests.fixtures.plugins import install_offline
 from tests.fixtures.redis_server import redis_server, redis_server_module  # noqa: F401
 from tests.fixtures.tiny_models import TinyModels, build_tiny_models
+from tests.fixtures.tiny_vision import build_tiny_llava
 
 # No test may reach the Hub: everything is built locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,6 +37,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     """Tiny GPT-2, Llama, BERT and BERT-classifier folders, built once per session."""
     return build_tiny_models(Path(tmp_path_factory.mktemp("tiny-models")))
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random LLaVA (CLIP vision tower, Llama text model) folder, built once."""
+    return build_tiny_llava(Path(tmp_path_factory.mktemp("tiny-vision")) / "tiny-llava")
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,13 @@ def serve_command(
     task: str = typer.Option(
         None, help="Force the skill task (text-generation, embeddings, text-classification)."
     ),
+    chat_template: list[str] = typer.Option(
+        None,
+        "--chat-template",
+        help="ALIAS=FILE: serve model ALIAS with the Jinja chat template in FILE instead of its "
+        "own (e.g. one that renders tools); repeat per model.",
+        show_default=False,
+    ),
     host: str = typer.Option(
         None, help="Address to bind.  [default: 127.0.0.1]", show_default=False
     ),
@@ -83,6 +90,15 @@ def serve_command(
     redis_url: str = typer.Option(
         None, help="Redis URL for state shared across replicas.", show_default=False
     ),
+    allow_remote_media: bool = typer.Option(
+        None,
+        "--allow-remote-media/--no-allow-remote-media",
+        help="Fetch http(s) image URLs in chat (public addresses only).  [default: off]",
+        show_default=False,
+    ),
+    max_images_per_request: int = typer.Option(
+        None, help="Most images in one chat request.  [default: 8]", show_default=False
+    ),
     grace_period: float = typer.Option(
         None, help="Seconds in-flight requests get on SIGTERM.  [default: 30]", show_default=False
     ),
@@ -103,6 +119,7 @@ def serve_command(
         config,
         models=model or None,
         task=task,
+        chat_templates=chat_template or None,
         host=host,
         port=port,
         workers=workers,
@@ -118,6 +135,8 @@ def serve_command(
         response_cache=response_cache,
         torch_threads=torch_threads,
         redis_url=redis_url,
+        allow_remote_media=allow_remote_media,
+        max_images_per_request=max_images_per_request,
         grace_period=grace_period,
         log_level=log_level,
         log_format=log_format,
