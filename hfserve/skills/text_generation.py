@@ -121,8 +121,6 @@ class LoadedTextGenerator:
         self._model = model
         self._tokenizer = tokenizer
         self._max_context = _context_length(model, tokenizer)
-        # The embedding table's rows, not len(tokenizer): an id past them cannot be embedded.
-        self._vocab_size = int(model.get_input_embeddings().num_embeddings)
         self.engine = GenerationEngine(
             model,
             eos_token_ids=_eos_ids(model, tokenizer),

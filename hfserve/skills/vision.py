@@ -64,6 +64,8 @@ class LoadedVisionGenerator:
         self._processor = processor
         self._tokenizer = processor.tokenizer
         self._max_context = _context_length(model, self._tokenizer)
+        # The embedding table's rows: a prompt id past them cannot be embedded.
+        self._vocab_size = int(model.get_input_embeddings().num_embeddings)
         eos = _eos_ids(model, self._tokenizer)
         pad = self._tokenizer.pad_token_id
         self.engine = BatchedGenerateEngine(
@@ -72,7 +74,7 @@ class LoadedVisionGenerator:
             pad_token_id=int(pad if pad is not None else (eos[0] if eos else 0)),
             options=options,
             max_context=self._max_context,
-            vocab_size=int(model.get_input_embeddings().num_embeddings),
+            vocab_size=self._vocab_size,
         )
         self._weights_bytes = _weights_bytes(model)
 
@@ -80,6 +82,11 @@ class LoadedVisionGenerator:
     def max_input_tokens(self) -> int:
         """The model's context length (prompt, image tokens included, plus generation)."""
         return self._max_context
+
+    @property
+    def vocab_size(self) -> int:
+        """Prompt token ids must be in ``[0, vocab_size)`` (``GenerationModel``)."""
+        return self._vocab_size
 
     @property
     def active_generations(self) -> int:

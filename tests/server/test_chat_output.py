@@ -152,6 +152,7 @@ class _Structured:
     info: Any = None
     model_id = device = dtype = "x"
     max_input_tokens = 10
+    vocab_size = 10
     active_generations = 0
     tool_format = "hermes"
 
