@@ -160,6 +160,18 @@ class Settings(BaseSettings):
     max_inputs: int = Field(
         2048, ge=1, description="Most inputs in one embeddings/classification request."
     )
+    max_documents: int = Field(
+        1000, ge=1, description="Most documents in one /v1/rerank or /v1/score request."
+    )
+    max_audio_bytes: int = Field(
+        25 * 1024 * 1024,
+        ge=1024,
+        description="Largest audio upload (e.g. 25MiB, OpenAI's limit); replaces max_body_bytes "
+        "on the /v1/audio endpoints.",
+    )
+    max_audio_seconds: float = Field(
+        1800.0, gt=0, description="Longest audio a transcription request may hold (seconds)."
+    )
     max_prompt_tokens: int = Field(
         0, ge=0, description="Longest prompt in tokens; 0 = the model's context."
     )
@@ -205,7 +217,9 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("cache_memory", "response_cache_memory", "max_body_bytes", mode="before")
+    @field_validator(
+        "cache_memory", "response_cache_memory", "max_body_bytes", "max_audio_bytes", mode="before"
+    )
     @classmethod
     def _parse_size(cls, value: Any) -> Any:
         if isinstance(value, str | int | float) and not isinstance(value, bool):

@@ -9,6 +9,7 @@ import pytest
 
 from tests.fixtures.plugins import install_offline
 from tests.fixtures.redis_server import redis_server, redis_server_module  # noqa: F401
+from tests.fixtures.tiny_audio import TinyAudioModels, build_tiny_audio_models
 from tests.fixtures.tiny_models import TinyModels, build_tiny_models
 
 # No test may reach the Hub: everything is built locally.
@@ -22,6 +23,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     """Tiny GPT-2, Llama, BERT and BERT-classifier folders, built once per session."""
     return build_tiny_models(Path(tmp_path_factory.mktemp("tiny-models")))
+
+
+@pytest.fixture(scope="session")
+def tiny_audio_models(tmp_path_factory: pytest.TempPathFactory) -> TinyAudioModels:
+    """Tiny cross-encoder, wav2vec2 CTC and Whisper folders, built once per session."""
+    return build_tiny_audio_models(Path(tmp_path_factory.mktemp("tiny-audio-models")))
 
 
 @pytest.fixture(scope="session")
