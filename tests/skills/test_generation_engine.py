@@ -18,7 +18,12 @@ from hfserve.errors import (
     OverloadedError,
     ShuttingDownError,
 )
-from hfserve.skills.generation.engine import GenerationEngine, TokenEvent, TokenStream, _build_router
+from hfserve.skills.generation.engine import (
+    GenerationEngine,
+    TokenEvent,
+    TokenStream,
+    _build_router,
+)
 from hfserve.skills.base import GenerationRequest, RuntimeOptions
 from tests.fixtures.tiny_models import TinyModels
 
