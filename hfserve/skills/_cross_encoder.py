@@ -38,9 +38,10 @@ class CrossEncoderModel(EncoderModel[float]):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # Only models with a token type table (BERT, MiniLM, ELECTRA) are told which tokens
-        # are the document; RoBERTa-style models (bge-reranker) have a single type.
-        self._typed = int(getattr(self._model.config, "type_vocab_size", 1) or 1) > 1
+        # Token types go to the model exactly when its tokenizer makes them (BERT, MiniLM,
+        # ELECTRA do; RoBERTa-style bge-reranker does not), as sentence-transformers passes them.
+        names = getattr(self._tokenizer, "model_input_names", ()) or ()
+        self._typed = "token_type_ids" in names
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` as a lone sequence (specials included)."""
