@@ -22,7 +22,15 @@ def test_skills_list_table_and_json() -> None:
     for name in ("text-generation", "embeddings", "text-classification"):
         assert name in result.output
     data = json.loads(runner.invoke(app, ["skills", "list", "--json"]).stdout)
-    assert [d["name"] for d in data] == ["text-generation", "embeddings", "text-classification"]
+    assert [d["name"] for d in data] == [
+        "text-generation",
+        "embeddings",
+        "text-classification",
+        "rerank",
+        "speech-to-text",
+    ]
+    rerank = next(d for d in data if d["name"] == "rerank")
+    assert rerank["num_labels"] == 1 and rerank["endpoints"] == ["/v1/rerank", "/v1/score"]
 
 
 def test_skills_list_shows_plugins_and_reports_broken_ones(echo_plugin: Path) -> None:
