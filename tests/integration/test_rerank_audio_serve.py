@@ -87,7 +87,7 @@ def test_rerank_and_transcription_on_a_real_server(
     assert [(s.start, s.end) for s in verbose.segments or []] == [(0.0, 30.0), (30.0, 40.0)]
 
     # openai 3.x marks its translations method deprecated; it still sends the same request.
-    with pytest.warns(DeprecationWarning):
+    with pytest.warns(DeprecationWarning, match="deprecated"):
         translated = client.audio.translations.create(model="whisper", file=audio)
     assert isinstance(translated.text, str)
 
