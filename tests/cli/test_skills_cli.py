@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hfserve.cli.main import app
+from tests.fixtures.tiny_audio import TinyAudioModels
 from tests.fixtures.tiny_models import TinyModels
 
 runner = CliRunner()
@@ -113,6 +114,26 @@ def test_models_inspect_estimates_then_measures(tiny_models: TinyModels) -> None
     )
     assert loaded.exit_code == 0, loaded.output
     assert "measured memory" in loaded.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("which", "skill", "endpoints"),
+    [
+        ("reranker", "rerank", ["/v1/rerank", "/v1/score"]),
+        ("whisper", "speech-to-text", ["/v1/audio/transcriptions", "/v1/audio/translations"]),
+        ("ctc", "speech-to-text", ["/v1/audio/transcriptions", "/v1/audio/translations"]),
+    ],
+)
+def test_models_inspect_picks_reranker_and_speech_skills(
+    tiny_audio_models: TinyAudioModels, which: str, skill: str, endpoints: list[str]
+) -> None:
+    folder = getattr(tiny_audio_models, which)
+    result = runner.invoke(app, ["models", "inspect", str(folder), "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["skill"], data["endpoints"]) == (skill, endpoints)
+    assert data["memory_bytes"] > 0 and data["max_input_tokens"] > 0
 
 
 def test_models_inspect_estimates_without_weights(tmp_path: Path) -> None:
