@@ -31,7 +31,9 @@ def serve_command(
         show_default=False,
     ),
     task: str = typer.Option(
-        None, help="Force the skill task (text-generation, embeddings, text-classification)."
+        None,
+        help="Force the skill task (text-generation, embeddings, text-classification, "
+        "rerank, speech-to-text).",
     ),
     host: str = typer.Option(
         None, help="Address to bind.  [default: 127.0.0.1]", show_default=False
