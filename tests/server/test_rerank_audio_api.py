@@ -130,6 +130,8 @@ def test_transcription_formats(api: TestClient) -> None:
     [segment] = verbose["segments"]
     assert (segment["start"], segment["end"]) == (0.0, pytest.approx(2.0))
     assert segment["text"] == as_json["text"] and segment["tokens"]
+    subtitles = _transcribe(api, "whisper", audio, response_format="srt")
+    assert subtitles.text == f"1\n00:00:00,000 --> 00:00:02,000\n{as_json['text']}\n\n"
     vtt = _transcribe(api, "whisper", audio, response_format="vtt")
     assert vtt.headers["content-type"].startswith("text/vtt") and vtt.text.startswith("WEBVTT")
 
