@@ -89,6 +89,9 @@ def test_score_pairs_one_to_many_and_list_to_list(api: TestClient) -> None:
     assert zipped["data"][0]["score"] == pytest.approx(by_index[0])
     single = api.post("/v1/score", json={"model": "rr", "text_1": "a", "text_2": "b"}).json()
     assert len(single["data"]) == 1 and single["object"] == "list"
+    again = api.post("/v1/score", json={"model": "rr", "text_1": "a", "text_2": "b"})
+    assert again.headers["x-cache"] == "hit" and again.json()["data"] == single["data"]
+    assert again.json()["id"] != single["id"] and again.json()["created"] >= single["created"]
 
 
 @pytest.mark.parametrize(
