@@ -53,6 +53,9 @@ def test_skills_list_shows_plugins_and_reports_broken_ones(echo_plugin: Path) ->
 def test_skills_show_and_search() -> None:
     shown = runner.invoke(app, ["skills", "show", "embeddings"], env={"COLUMNS": "160"})
     assert shown.exit_code == 0 and "/v1/embeddings" in shown.stdout
+    assert "num_labels" not in shown.stdout  # embeddings sets no label constraint
+    rerank = runner.invoke(app, ["skills", "show", "rerank"], env={"COLUMNS": "160"})
+    assert "num_labels" in rerank.stdout and "/v1/score" in rerank.stdout
     as_json = json.loads(runner.invoke(app, ["skills", "show", "embeddings", "--json"]).stdout)
     assert as_json["task"] == "embeddings"
     missing = runner.invoke(app, ["skills", "show", "nope"])
