@@ -243,9 +243,9 @@ class Seq2SeqSpeechModel(SpeechModel):
             return_tensors="pt",
             return_attention_mask=True,
         )
-        kwargs: dict[str, Any] = {
-            "input_features": features["input_features"].to(self.device, self._param_dtype),
-        }
+        # Whisper and Speech2Text read log-mel "input_features", Moonshine raw "input_values".
+        key = str(getattr(self._model, "main_input_name", "input_features"))
+        kwargs: dict[str, Any] = {key: features[key].to(self.device, self._param_dtype)}
         if "attention_mask" in features:
             kwargs["attention_mask"] = features["attention_mask"].to(self.device)
         if options.temperature > 0:
