@@ -88,4 +88,5 @@ BUILTIN_SKILLS: tuple[str, ...] = (
     "hfserve.skills.classification:ClassificationSkill",
     "hfserve.skills.rerank:RerankSkill",
     "hfserve.skills.speech:SpeechToTextSkill",
+    "hfserve.skills.vision:ImageTextToTextSkill",
 )

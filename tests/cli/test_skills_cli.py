@@ -27,6 +27,7 @@ def test_skills_list_table_and_json() -> None:
         "text-generation",
         "embeddings",
         "text-classification",
+        "image-text-to-text",
         "rerank",
         "speech-to-text",
     ]
@@ -61,7 +62,7 @@ def test_skills_show_and_search() -> None:
     missing = runner.invoke(app, ["skills", "show", "nope"])
     assert missing.exit_code != 0
     found = json.loads(runner.invoke(app, ["skills", "search", "chat", "--json"]).stdout)
-    assert [d["name"] for d in found] == ["text-generation"]
+    assert [d["name"] for d in found] == ["text-generation", "image-text-to-text"]
     by_arch = runner.invoke(
         app,
         ["skills", "search", "--architecture", "BertForSequenceClassification"],
