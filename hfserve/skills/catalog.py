@@ -86,7 +86,7 @@ BUILTIN_SKILLS: tuple[str, ...] = (
     "hfserve.skills.text_generation:TextGenerationSkill",
     "hfserve.skills.embeddings:EmbeddingsSkill",
     "hfserve.skills.classification:ClassificationSkill",
+    "hfserve.skills.vision:ImageTextToTextSkill",
     "hfserve.skills.rerank:RerankSkill",
     "hfserve.skills.speech:SpeechToTextSkill",
-    "hfserve.skills.vision:ImageTextToTextSkill",
 )
