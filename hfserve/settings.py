@@ -175,6 +175,18 @@ class Settings(BaseSettings):
     max_inputs: int = Field(
         2048, ge=1, description="Most inputs in one embeddings/classification request."
     )
+    max_documents: int = Field(
+        1000, ge=1, description="Most documents in one /v1/rerank or /v1/score request."
+    )
+    max_audio_bytes: int = Field(
+        25 * 1024 * 1024,
+        ge=1024,
+        description="Largest audio upload (e.g. 25MiB, OpenAI's limit); replaces max_body_bytes "
+        "on the /v1/audio endpoints.",
+    )
+    max_audio_seconds: float = Field(
+        1800.0, gt=0, description="Longest audio a transcription request may hold (seconds)."
+    )
     max_prompt_tokens: int = Field(
         0, ge=0, description="Longest prompt in tokens; 0 = the model's context."
     )
@@ -240,6 +252,7 @@ class Settings(BaseSettings):
         "cache_memory",
         "response_cache_memory",
         "max_body_bytes",
+        "max_audio_bytes",
         "remote_media_max_bytes",
         mode="before",
     )

@@ -9,6 +9,7 @@ import pytest
 
 from tests.fixtures.plugins import install_offline
 from tests.fixtures.redis_server import redis_server, redis_server_module  # noqa: F401
+from tests.fixtures.tiny_audio import TinyAudioModels, build_tiny_audio_models
 from tests.fixtures.tiny_models import TinyModels, build_tiny_models
 from tests.fixtures.tiny_vision import build_tiny_llava
 
@@ -22,7 +23,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # only `bash .ci/run` installs: a test that uses one, directly or through another fixture, is slow
 # by construction and is marked so here rather than by hand, so `pytest -m "not slow"` stays the
 # fast loop (pip-installed tools only) as tests are added.
-SLOW_FIXTURES = frozenset({"tiny_models", "redis_server", "redis_server_module", "run_tool"})
+SLOW_FIXTURES = frozenset(
+    {"tiny_models", "tiny_audio_models", "redis_server", "redis_server_module", "run_tool"}
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -37,6 +40,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     """Tiny GPT-2, Llama, BERT and BERT-classifier folders, built once per session."""
     return build_tiny_models(Path(tmp_path_factory.mktemp("tiny-models")))
+
+
+@pytest.fixture(scope="session")
+def tiny_audio_models(tmp_path_factory: pytest.TempPathFactory) -> TinyAudioModels:
+    """Tiny cross-encoder, wav2vec2 CTC and Whisper folders, built once per session."""
+    return build_tiny_audio_models(Path(tmp_path_factory.mktemp("tiny-audio-models")))
 
 
 @pytest.fixture(scope="session")

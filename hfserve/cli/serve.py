@@ -38,7 +38,9 @@ def serve_command(
         show_default=False,
     ),
     task: str = typer.Option(
-        None, help="Force the skill task (text-generation, embeddings, text-classification)."
+        None,
+        help="Force the skill task (text-generation, embeddings, text-classification, "
+        "rerank, speech-to-text).",
     ),
     chat_template: list[str] = typer.Option(
         None,

@@ -99,6 +99,8 @@ def show_command(
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     for key, value in info.to_dict().items():
+        if value is None:
+            continue  # an optional constraint the skill does not set (num_labels)
         table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
     Console().print(table)
 

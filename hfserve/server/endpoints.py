@@ -15,14 +15,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import compile_path
 
+from hfserve.server.routes.audio import transcriptions, translations
 from hfserve.server.routes.encoders import classifications, embeddings
 from hfserve.server.routes.generation import chat_completions, completions
 from hfserve.server.routes.ops import get_model, health, list_models, metrics, ready
+from hfserve.server.routes.rerank import rerank, score
 from hfserve.server.schemas import (
     ChatCompletionRequest,
     ClassificationRequest,
     CompletionRequest,
     EmbeddingRequest,
+    RerankRequest,
+    ScoreRequest,
+    TranscriptionRequest,
 )
 
 __all__ = ["ENDPOINTS", "OTHER_LABEL", "Endpoint", "EndpointIndex", "OpenApi"]
@@ -56,6 +61,8 @@ class Endpoint:
     ``drain_exempt``: still served while the server drains (probes and scrapes).
     ``access_log``: written to the access log (probes and scrapes would drown it).
     ``label``: the metric label; defaults to the path with ``{param:type}`` as ``{param}``.
+    ``body_limit_setting``: the name of an int ``Settings`` field that replaces
+    ``max_body_bytes`` for this endpoint (audio uploads are larger than JSON bodies).
     """
 
     path: str
@@ -67,6 +74,7 @@ class Endpoint:
     drain_exempt: bool = False
     access_log: bool = True
     label: str = ""
+    body_limit_setting: str | None = None
 
     @property
     def metric_label(self) -> str:
@@ -97,6 +105,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/v1/completions", "POST", completions, OpenApi("createCompletion", "Create a text completion.", CompletionRequest, _API_ERRORS, streams=True)),
     Endpoint("/v1/models", "GET", list_models, OpenApi("listModels", "List models.", errors=(401,))),
     Endpoint("/v1/classifications", "POST", classifications, OpenApi("createClassification", "Classify text (hfserve extension).", ClassificationRequest, _API_ERRORS)),
+    Endpoint("/v1/rerank", "POST", rerank, OpenApi("createRerank", "Rank documents by relevance to a query (cross-encoder).", RerankRequest, _API_ERRORS)),
+    Endpoint("/v1/score", "POST", score, OpenApi("createScore", "Score text pairs with a cross-encoder (as vLLM).", ScoreRequest, _API_ERRORS)),
+    Endpoint("/v1/audio/transcriptions", "POST", transcriptions, OpenApi("createTranscription", "Transcribe audio (json, text, srt, vtt, verbose_json).", TranscriptionRequest, _API_ERRORS, multipart=True), body_limit_setting="max_audio_bytes"),
+    Endpoint("/v1/audio/translations", "POST", translations, OpenApi("createTranslation", "Translate speech into English text.", TranscriptionRequest, _API_ERRORS, multipart=True), body_limit_setting="max_audio_bytes"),
     Endpoint("/v1/models/{model:path}", "GET", get_model, OpenApi("retrieveModel", "Retrieve a model.", errors=(401, 404))),
     Endpoint("/health", "GET", health, OpenApi("health", "Liveness."), public=True, drain_exempt=True, access_log=False),
     Endpoint("/ready", "GET", ready, OpenApi("ready", "Readiness.", errors=(503,)), public=True, drain_exempt=True, access_log=False),

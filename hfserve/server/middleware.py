@@ -57,6 +57,15 @@ class ServingMiddleware:
             if e.public or (e.public_setting is not None and getattr(settings, e.public_setting))
         )
         self.drain_exempt = frozenset(e.path for e in endpoints if e.drain_exempt)
+        self.body_limits: dict[str, int] = {
+            e.path: int(getattr(settings, e.body_limit_setting))
+            for e in endpoints
+            if e.body_limit_setting is not None
+        }
+        # On an upload endpoint the body is the file: a refusal names it, as OpenAI's does.
+        self.uploads = frozenset(
+            e.path for e in endpoints if e.openapi is not None and e.openapi.multipart
+        )
         self.unlogged = frozenset(e.metric_label for e in endpoints if not e.access_log)
         self.access_log = settings.access_log
 
@@ -93,7 +102,9 @@ class ServingMiddleware:
                     scope, receive, send_with_headers
                 )
                 return
-            await self.app(scope, self._limited(receive), send_with_headers)
+            limit = self.body_limits.get(path, self.max_bytes)
+            limited = self._limited(receive, limit, path in self.uploads)
+            await self.app(scope, limited, send_with_headers)
         finally:
             server.request_finished()
             elapsed = time.perf_counter() - started
@@ -123,8 +134,9 @@ class ServingMiddleware:
             except HfServeError as exc:
                 return exc
         length = _header(scope, b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return self._too_large()
+        limit = self.body_limits.get(path, self.max_bytes)
+        if length is not None and length.isdigit() and int(length) > limit:
+            return self._too_large(limit, path in self.uploads)
         if path in self.public or scope["method"] == "OPTIONS":
             return None
         key = None
@@ -160,15 +172,16 @@ class ServingMiddleware:
             retry_after=decision.retry_after,
         )
 
-    def _too_large(self) -> PayloadTooLargeError:
+    @staticmethod
+    def _too_large(limit: int, upload: bool) -> PayloadTooLargeError:
         return PayloadTooLargeError(
-            f"request body is larger than the server's limit of {self.max_bytes} bytes",
+            f"request body is larger than the server's limit of {limit} bytes",
+            param="file" if upload else None,
             code="request_too_large",
         )
 
-    def _limited(self, receive: Receive) -> Receive:
-        """``receive`` that raises 413 once the streamed body passes the limit."""
-        limit = self.max_bytes
+    def _limited(self, receive: Receive, limit: int, upload: bool) -> Receive:
+        """``receive`` that raises 413 once the streamed body passes ``limit``."""
         received = 0
 
         async def limited_receive() -> Message:
@@ -177,7 +190,7 @@ class ServingMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise self._too_large()
+                    raise self._too_large(limit, upload)
             return message
 
         return limited_receive

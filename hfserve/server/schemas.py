@@ -39,6 +39,9 @@ __all__ = [
     "CompletionRequest",
     "EmbeddingRequest",
     "ImagePart",
+    "RerankRequest",
+    "ScoreRequest",
+    "TranscriptionRequest",
     "parse_body",
 ]
 
@@ -390,6 +393,86 @@ class ClassificationRequest(_Body):
         if any(item == "" for item in items):
             raise InvalidRequestError("input must not contain empty strings", param="input")
         return items
+
+
+class RerankRequest(_Body):
+    """``POST /v1/rerank``: the shape vLLM, TEI, Jina and Cohere share."""
+
+    model: StrictStr = Field(min_length=1)
+    query: StrictStr = Field(min_length=1)
+    documents: list[StrictStr]
+    top_n: Annotated[int, Field(ge=1)] | None = None
+    return_documents: bool = True
+
+    def check_unsupported(self) -> None:
+        """Refuse an empty document list (400 naming ``documents``)."""
+        if not self.documents:
+            raise InvalidRequestError("documents must not be empty", param="documents")
+
+
+class ScoreRequest(_Body):
+    """``POST /v1/score`` (as vLLM): ``text_1`` against each ``text_2``.
+
+    One ``text_1`` is paired with every ``text_2``; two lists of equal length pair up in order.
+    """
+
+    model: StrictStr = Field(min_length=1)
+    text_1: StrictStr | list[StrictStr]
+    text_2: StrictStr | list[StrictStr]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """The (text_1, text_2) pairs to score, in order.
+
+        Raises:
+            InvalidRequestError: an empty list, or two lists of different lengths.
+        """
+        first = [self.text_1] if isinstance(self.text_1, str) else list(self.text_1)
+        second = [self.text_2] if isinstance(self.text_2, str) else list(self.text_2)
+        if not first:
+            raise InvalidRequestError("text_1 must not be empty", param="text_1")
+        if not second:
+            raise InvalidRequestError("text_2 must not be empty", param="text_2")
+        if len(first) == 1:
+            return [(first[0], text) for text in second]
+        if len(first) != len(second):
+            raise InvalidRequestError(
+                f"text_1 has {len(first)} texts and text_2 {len(second)}: send one text_1, "
+                "or lists of the same length",
+                param="text_2",
+            )
+        return list(zip(first, second, strict=True))
+
+
+class TranscriptionRequest(_Body):
+    """The form fields of ``POST /v1/audio/transcriptions`` and ``/v1/audio/translations``
+    (``file`` travels as the multipart file part)."""
+
+    model: StrictStr = Field(min_length=1)
+    file: bytes = Field(description="The audio file (wav, flac, mp3, ogg, m4a, webm, ...).")
+    language: StrictStr | None = Field(None, min_length=1)
+    prompt: StrictStr | None = None
+    response_format: Literal["json", "text", "srt", "vtt", "verbose_json"] = "json"
+    temperature: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    timestamp_granularities: list[Literal["segment", "word"]] = Field(default_factory=list)
+    stream: bool = False
+    include: list[StrictStr] = Field(default_factory=list)
+
+    def check_unsupported(self) -> None:
+        """Refuse word timestamps, streaming and ``include``, which hfserve does not implement."""
+        if "word" in self.timestamp_granularities:
+            raise InvalidRequestError(
+                "word timestamps are not supported; use timestamp_granularities[]=segment",
+                param="timestamp_granularities",
+            )
+        if self.timestamp_granularities and self.response_format != "verbose_json":
+            raise InvalidRequestError(
+                "timestamp_granularities needs response_format verbose_json",
+                param="timestamp_granularities",
+            )
+        if self.stream:
+            raise InvalidRequestError("streaming transcriptions is not supported", param="stream")
+        if self.include:
+            raise InvalidRequestError("include is not supported by hfserve", param="include")
 
 
 T = TypeVar("T", bound=_Body)

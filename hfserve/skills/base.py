@@ -2,7 +2,8 @@
 
 A *skill* knows how to load and run one kind of model. ``Skill.load`` returns a
 ``LoadedModel``; depending on the skill's task it also satisfies ``EmbeddingModel``,
-``ClassificationModel`` or ``GenerationModel``, which is what the server talks to.
+``ClassificationModel``, ``RerankModel``, ``TranscriptionModel`` or ``GenerationModel``, which
+is what the server talks to.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ __all__ = [
     "TASK_EMBEDDINGS",
     "TASK_GENERATION",
     "TASK_IMAGE_TEXT_TO_TEXT",
+    "TASK_RERANK",
+    "TASK_SPEECH_TO_TEXT",
     "ClassificationModel",
     "ClassificationResult",
     "EmbeddingModel",
@@ -30,16 +33,24 @@ __all__ = [
     "LoadedModel",
     "MultimodalGenerationModel",
     "PreparedPrompt",
+    "RerankModel",
     "RuntimeOptions",
+    "ScoreResult",
     "Skill",
     "SkillInfo",
     "StructuredGenerationModel",
     "TokenLogprob",
+    "TranscriptSegment",
+    "Transcription",
+    "TranscriptionModel",
+    "TranscriptionOptions",
 ]
 
 TASK_GENERATION = "text-generation"
 TASK_EMBEDDINGS = "embeddings"
 TASK_CLASSIFICATION = "text-classification"
+TASK_RERANK = "rerank"
+TASK_SPEECH_TO_TEXT = "speech-to-text"
 TASK_IMAGE_TEXT_TO_TEXT = "image-text-to-text"
 
 FinishReason = Literal["stop", "length"]
@@ -61,6 +72,9 @@ class SkillInfo:
     task: str
     architectures: tuple[str, ...] = ()
     model_types: tuple[str, ...] = ()
+    # Only models whose head has exactly this many labels (a cross-encoder has one); such a
+    # skill wins over one without the constraint for the same architecture.
+    num_labels: int | None = None
     endpoints: tuple[str, ...] = ()
     hardware: tuple[str, ...] = ("cpu", "cuda", "mps")
     description: str = ""
@@ -74,6 +88,7 @@ class SkillInfo:
             "task": self.task,
             "architectures": list(self.architectures),
             "model_types": list(self.model_types),
+            "num_labels": self.num_labels,
             "endpoints": list(self.endpoints),
             "hardware": list(self.hardware),
             "description": self.description,
@@ -177,6 +192,76 @@ class ClassificationModel(LoadedModel, Protocol):
 
     async def classify(self, inputs: Sequence[str]) -> ClassificationResult:
         """Classify each input; inputs are micro-batched with other callers."""
+        ...
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """One relevance score per (query, document) pair, in order, and the tokens consumed."""
+
+    scores: list[float]
+    prompt_tokens: int
+    truncated: int = 0
+
+
+@runtime_checkable
+class RerankModel(LoadedModel, Protocol):
+    """A loaded cross-encoder that serves ``/v1/rerank`` and ``/v1/score``."""
+
+    async def score(self, pairs: Sequence[tuple[str, str]]) -> ScoreResult:
+        """Score each (query, document) pair; pairs are micro-batched with other callers."""
+        ...
+
+
+@dataclass(frozen=True)
+class TranscriptionOptions:
+    """How to transcribe: ``task`` is ``transcribe`` or ``translate`` (to English)."""
+
+    task: Literal["transcribe", "translate"] = "transcribe"
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float = 0.0
+    max_seconds: float = 1800.0
+
+
+@dataclass(frozen=True)
+class TranscriptSegment:
+    """A stretch of the audio and its text; times in seconds from the start of the file."""
+
+    id: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Transcription:
+    """The text of an audio file, its segments, its duration and the tokens generated."""
+
+    text: str
+    segments: list[TranscriptSegment]
+    duration: float
+    language: str | None
+    tokens: int
+
+
+@runtime_checkable
+class TranscriptionModel(LoadedModel, Protocol):
+    """A loaded speech recognition model serving ``/v1/audio/transcriptions`` (and
+    ``/v1/audio/translations`` when ``can_translate``)."""
+
+    @property
+    def can_translate(self) -> bool:
+        """Whether the model translates speech to English text (Whisper does, CTC does not)."""
+        ...
+
+    async def transcribe(self, audio: bytes, options: TranscriptionOptions) -> Transcription:
+        """Decode ``audio`` (any format PyAV reads), window it and transcribe each window.
+
+        Raises:
+            InvalidRequestError: not audio, too long, or options the model cannot honour.
+        """
         ...
 
 

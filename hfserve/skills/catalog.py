@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from hfserve.skills.base import TASK_CLASSIFICATION, TASK_EMBEDDINGS, SkillInfo
+from hfserve.skills.base import (
+    TASK_CLASSIFICATION,
+    TASK_EMBEDDINGS,
+    TASK_RERANK,
+    TASK_SPEECH_TO_TEXT,
+    SkillInfo,
+)
 
-__all__ = ["BUILTIN_SKILLS", "CLASSIFICATION_INFO", "EMBEDDINGS_INFO"]
+__all__ = [
+    "BUILTIN_SKILLS",
+    "CLASSIFICATION_INFO",
+    "EMBEDDINGS_INFO",
+    "RERANK_INFO",
+    "SPEECH_TO_TEXT_INFO",
+]
 
 EMBEDDINGS_INFO = SkillInfo(
     name="embeddings",
@@ -39,6 +51,35 @@ CLASSIFICATION_INFO = SkillInfo(
     version="1",
 )
 
+RERANK_INFO = SkillInfo(
+    name="rerank",
+    task=TASK_RERANK,
+    architectures=("*ForSequenceClassification",),
+    num_labels=1,
+    endpoints=("/v1/rerank", "/v1/score"),
+    description="Cross-encoder reranking (ms-marco MiniLM, bge-reranker): one relevance "
+    "score per (query, document) pair, pairs micro-batched and truncated to the model's length.",
+    version="1",
+)
+
+SPEECH_TO_TEXT_INFO = SkillInfo(
+    name="speech-to-text",
+    task=TASK_SPEECH_TO_TEXT,
+    architectures=(
+        "WhisperForConditionalGeneration",
+        "Speech2TextForConditionalGeneration",
+        "SpeechEncoderDecoderModel",
+        "MoonshineForConditionalGeneration",
+        "*ForCTC",
+    ),
+    model_types=("whisper",),
+    endpoints=("/v1/audio/transcriptions", "/v1/audio/translations"),
+    description="Speech recognition with Whisper-family (sequence-to-sequence) and CTC "
+    "(wav2vec2) models: wav, flac, mp3, ogg and more decoded with PyAV, resampled to the "
+    "model's rate, long audio in 30 s windows; Whisper also translates to English.",
+    version="1",
+)
+
 # "module:class" of each built-in skill, in resolution priority order. Skill modules must stay
 # light at import time (torch is imported inside ``load``): listing skills imports them.
 BUILTIN_SKILLS: tuple[str, ...] = (
@@ -46,4 +87,6 @@ BUILTIN_SKILLS: tuple[str, ...] = (
     "hfserve.skills.embeddings:EmbeddingsSkill",
     "hfserve.skills.classification:ClassificationSkill",
     "hfserve.skills.vision:ImageTextToTextSkill",
+    "hfserve.skills.rerank:RerankSkill",
+    "hfserve.skills.speech:SpeechToTextSkill",
 )

@@ -54,6 +54,7 @@ class ModelFacts:
     architectures: tuple[str, ...] = ()
     model_type: str | None = None
     sentence_transformers: bool = False
+    num_labels: int | None = None
 
 
 def read_model_facts(model_path_or_id: str) -> ModelFacts:
@@ -84,7 +85,18 @@ def read_model_facts(model_path_or_id: str) -> ModelFacts:
         architectures=tuple(str(a) for a in raw_archs),
         model_type=str(model_type) if model_type else None,
         sentence_transformers=is_st,
+        num_labels=_num_labels(config),
     )
+
+
+def _num_labels(config: dict[str, Any]) -> int:
+    """Labels of a classification head as transformers counts them: ``id2label``'s size, else
+    ``num_labels``, else its default of two."""
+    id2label = config.get("id2label")
+    if isinstance(id2label, dict) and id2label:
+        return len(id2label)
+    count = config.get("num_labels")
+    return count if isinstance(count, int) and count > 0 else 2
 
 
 def _hub_config(model_id: str) -> tuple[dict[str, Any], bool]:
@@ -244,16 +256,20 @@ class SkillRegistry:
             for entry in entries:
                 if entry.info.task == TASK_EMBEDDINGS:
                     return entry.info.name
-        best: tuple[int, int, str] | None = None
+        best: tuple[int, int, int, str] | None = None
         for arch in facts.architectures:
             for entry in entries:
                 ok, score = _pattern_matches(entry.info.architectures, arch)
-                # On a tie a plugin beats a built-in: installing it was a deliberate choice.
-                rank = (score, 0 if entry.info.source == "builtin" else 1)
-                if ok and (best is None or rank > best[:2]):
+                wanted = entry.info.num_labels
+                if wanted is not None and wanted != facts.num_labels:
+                    continue
+                # A skill made for this head size (a one-label cross-encoder) beats a general
+                # one; on a tie a plugin beats a built-in: installing it was a deliberate choice.
+                rank = (score, wanted is not None, 0 if entry.info.source == "builtin" else 1)
+                if ok and (best is None or rank > best[:3]):
                     best = (*rank, entry.info.name)
         if best is not None:
-            return best[2]
+            return best[3]
         if facts.model_type:
             for entry in entries:
                 if _pattern_matches(entry.info.model_types, facts.model_type)[0]:

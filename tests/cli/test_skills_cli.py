@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hfserve.cli.main import app
+from tests.fixtures.tiny_audio import TinyAudioModels
 from tests.fixtures.tiny_models import TinyModels
 
 runner = CliRunner()
@@ -27,7 +28,11 @@ def test_skills_list_table_and_json() -> None:
         "embeddings",
         "text-classification",
         "image-text-to-text",
+        "rerank",
+        "speech-to-text",
     ]
+    rerank = next(d for d in data if d["name"] == "rerank")
+    assert rerank["num_labels"] == 1 and rerank["endpoints"] == ["/v1/rerank", "/v1/score"]
 
 
 def test_skills_list_shows_plugins_and_reports_broken_ones(echo_plugin: Path) -> None:
@@ -49,6 +54,9 @@ def test_skills_list_shows_plugins_and_reports_broken_ones(echo_plugin: Path) ->
 def test_skills_show_and_search() -> None:
     shown = runner.invoke(app, ["skills", "show", "embeddings"], env={"COLUMNS": "160"})
     assert shown.exit_code == 0 and "/v1/embeddings" in shown.stdout
+    assert "num_labels" not in shown.stdout  # embeddings sets no label constraint
+    rerank = runner.invoke(app, ["skills", "show", "rerank"], env={"COLUMNS": "160"})
+    assert "num_labels" in rerank.stdout and "/v1/score" in rerank.stdout
     as_json = json.loads(runner.invoke(app, ["skills", "show", "embeddings", "--json"]).stdout)
     assert as_json["task"] == "embeddings"
     missing = runner.invoke(app, ["skills", "show", "nope"])
@@ -110,6 +118,26 @@ def test_models_inspect_estimates_then_measures(tiny_models: TinyModels) -> None
     )
     assert loaded.exit_code == 0, loaded.output
     assert "measured memory" in loaded.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("which", "skill", "endpoints"),
+    [
+        ("reranker", "rerank", ["/v1/rerank", "/v1/score"]),
+        ("whisper", "speech-to-text", ["/v1/audio/transcriptions", "/v1/audio/translations"]),
+        ("ctc", "speech-to-text", ["/v1/audio/transcriptions", "/v1/audio/translations"]),
+    ],
+)
+def test_models_inspect_picks_reranker_and_speech_skills(
+    tiny_audio_models: TinyAudioModels, which: str, skill: str, endpoints: list[str]
+) -> None:
+    folder = getattr(tiny_audio_models, which)
+    result = runner.invoke(app, ["models", "inspect", str(folder), "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["skill"], data["endpoints"]) == (skill, endpoints)
+    assert data["memory_bytes"] > 0 and data["max_input_tokens"] > 0
 
 
 def test_models_inspect_estimates_without_weights(tmp_path: Path) -> None:

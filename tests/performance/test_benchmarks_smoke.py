@@ -20,7 +20,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 pytestmark = [pytest.mark.performance, pytest.mark.slow]
 
 
-@pytest.mark.parametrize("name", ["cli_startup", "overhead", "embeddings", "generation"])
+@pytest.mark.parametrize(
+    "name", ["cli_startup", "overhead", "embeddings", "generation", "rerank", "transcription"]
+)
 def test_smoke_run_writes_results(name: str, tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / f"{name}.py"), "--smoke", "--out", str(tmp_path)],

@@ -39,11 +39,20 @@ class _FakeSkill:
 def test_builtins_are_listed_in_priority_order() -> None:
     registry = SkillRegistry()
     names = [info.name for info in registry.list_skills()]
-    assert names == ["text-generation", "embeddings", "text-classification", "image-text-to-text"]
+    assert names == [
+        "text-generation",
+        "embeddings",
+        "text-classification",
+        "image-text-to-text",
+        "rerank",
+        "speech-to-text",
+    ]
     assert {info.source for info in registry.list_skills()} == {"builtin"}
     assert registry.tasks() == [
         "embeddings",
         "image-text-to-text",
+        "rerank",
+        "speech-to-text",
         "text-classification",
         "text-generation",
     ]
@@ -117,12 +126,12 @@ def test_unmatched_model_lists_skills_and_tasks(tmp_path: Path) -> None:
     folder = _folder(
         tmp_path,
         "w",
-        {"architectures": ["WhisperForConditionalGeneration"], "model_type": "whisper"},
+        {"architectures": ["DetrForObjectDetection"], "model_type": "detr"},
     )
     with pytest.raises(SkillNotFoundError) as info:
         SkillRegistry().resolve(str(folder))
     message = str(info.value)
-    assert "WhisperForConditionalGeneration" in message and "whisper" in message
+    assert "DetrForObjectDetection" in message and "detr" in message
     assert "text-generation (text-generation)" in message and "--task" in message
 
 
@@ -139,9 +148,11 @@ def test_search_filters_combine() -> None:
     assert [i.name for i in registry.search(task="embeddings")] == ["embeddings"]
     assert [i.name for i in registry.search(architecture="LlamaForCausalLM")] == ["text-generation"]
     assert [i.name for i in registry.search(architecture="BertForSequenceClassification")] == [
-        "text-classification"
+        "text-classification",
+        "rerank",
     ]
-    assert len(registry.search(hardware="CUDA")) == 4
+    assert len(registry.search(hardware="CUDA")) == 6
+    assert [i.name for i in registry.search("whisper")] == ["speech-to-text"]
     assert registry.search(hardware="tpu") == []
     assert registry.search("chat", task="embeddings") == []
 
@@ -222,3 +233,45 @@ def test_listing_skills_imports_neither_torch_nor_transformers() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("config", "skill"),
+    [
+        # One label: a cross-encoder (ms-marco MiniLM, bge-reranker ship id2label {0: LABEL_0}).
+        (
+            {"architectures": ["BertForSequenceClassification"], "id2label": {"0": "LABEL_0"}},
+            "rerank",
+        ),
+        ({"architectures": ["XLMRobertaForSequenceClassification"], "num_labels": 1}, "rerank"),
+        # More labels, or transformers' default of two: a classifier.
+        (
+            {
+                "architectures": ["BertForSequenceClassification"],
+                "id2label": {"0": "a", "1": "b", "2": "c"},
+            },
+            "text-classification",
+        ),
+        ({"architectures": ["BertForSequenceClassification"]}, "text-classification"),
+        (
+            {"architectures": ["WhisperForConditionalGeneration"], "model_type": "whisper"},
+            "speech-to-text",
+        ),
+        ({"architectures": ["Wav2Vec2ForCTC"], "model_type": "wav2vec2"}, "speech-to-text"),
+        ({"architectures": ["HubertForCTC"]}, "speech-to-text"),
+        ({"model_type": "whisper"}, "speech-to-text"),
+    ],
+)
+def test_rerankers_and_speech_models_resolve_from_config(
+    tmp_path: Path, config: dict[str, object], skill: str
+) -> None:
+    folder = _folder(tmp_path, "m", config)
+    assert SkillRegistry().resolve(str(folder)).info.name == skill
+
+
+def test_a_one_label_model_can_still_be_served_as_a_classifier(tmp_path: Path) -> None:
+    config = {"architectures": ["BertForSequenceClassification"], "id2label": {"0": "LABEL_0"}}
+    folder = _folder(tmp_path, "m", config)
+    assert read_model_facts(str(folder)).num_labels == 1
+    chosen = SkillRegistry().resolve(str(folder), task="text-classification")
+    assert chosen.info.name == "text-classification"
