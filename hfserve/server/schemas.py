@@ -7,12 +7,14 @@ the parameter (:meth:`_Unsupported.check_unsupported`), never silently ignored.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -20,6 +22,15 @@ from pydantic import (
 )
 
 from hfserve.errors import InvalidRequestError
+from hfserve.server.structured import (
+    FunctionDefinition,
+    LegacyFunctionCall,
+    OutputRequest,
+    ResponseFormat,
+    Tool,
+    ToolChoice,
+    output_request,
+)
 
 __all__ = [
     "ChatCompletionRequest",
@@ -27,6 +38,7 @@ __all__ = [
     "ClassificationRequest",
     "CompletionRequest",
     "EmbeddingRequest",
+    "ImagePart",
     "parse_body",
 ]
 
@@ -61,21 +73,93 @@ class TextPart(BaseModel):
     text: StrictStr
 
 
+class CalledFunction(BaseModel):
+    """The function of an assistant's earlier tool call: its name and JSON arguments."""
+
+    model_config = ConfigDict(extra="allow")
+    name: StrictStr
+    arguments: StrictStr
+
+
+class AssistantToolCall(BaseModel):
+    """One tool call an assistant message made earlier in the conversation."""
+
+    model_config = ConfigDict(extra="allow")
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+    def to_template(self) -> dict[str, Any]:
+        """The call as chat templates expect it: arguments as an object where they parse."""
+        try:
+            arguments: Any = json.loads(self.function.arguments)
+        except ValueError:
+            arguments = self.function.arguments
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.function.name, "arguments": arguments},
+        }
+
+
+class ImageURL(BaseModel):
+    """``image_url`` of an image part: a ``data:`` URL, or ``http(s)`` with remote media on.
+
+    ``detail`` is accepted for compatibility; the model's image processor sets the resolution.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    url: StrictStr = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(BaseModel):
+    """One image part of a multi-part message content (image-text-to-text models)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
 class ChatMessage(BaseModel):
     """One chat message."""
 
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: StrictStr | list[TextPart] | None = None
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: StrictStr | list[ContentPart] | None = None
     name: StrictStr | None = None
+    tool_calls: list[AssistantToolCall] | None = None
+    tool_call_id: StrictStr | None = None
+    # Legacy: an assistant's earlier function call.
+    function_call: CalledFunction | None = None
 
     def text(self) -> str:
-        """The message text (parts joined)."""
+        """The message text (text parts joined; image parts are read by ``server.media``)."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text for part in self.content if isinstance(part, TextPart))
+
+    def to_template(self) -> dict[str, Any]:
+        """The message as the chat template reads it (legacy function roles mapped to tools)."""
+        message: dict[str, Any] = {"role": self.role, "content": self.text()}
+        calls = [call.to_template() for call in self.tool_calls or ()]
+        if self.function_call is not None:
+            legacy = AssistantToolCall(id="call_legacy", function=self.function_call)
+            calls.append(legacy.to_template())
+        if calls:
+            message["tool_calls"] = calls
+        if self.role == "function":
+            message["role"] = "tool"
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            message["name"] = self.name
+        return message
 
 
 class _Sampling(_Body):
@@ -158,9 +242,27 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: _MaxTokens | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
+    functions: list[FunctionDefinition] | None = None
+    function_call: LegacyFunctionCall | None = None
+
+    def output(self) -> OutputRequest:
+        """What ``response_format`` and the tool fields ask of the output.
+
+        Raises:
+            InvalidRequestError: they contradict each other.
+        """
+        return output_request(
+            response_format=self.response_format,
+            tools=self.tools,
+            tool_choice=self.tool_choice,
+            parallel_tool_calls=self.parallel_tool_calls,
+            functions=self.functions,
+            function_call=self.function_call,
+        )
 
     def max_new_tokens(self) -> int | None:
         """``max_completion_tokens`` wins over the legacy ``max_tokens``."""
@@ -175,24 +277,13 @@ class ChatCompletionRequest(_Sampling):
         return (self.top_logprobs or 0) if self.logprobs else None
 
     def check_unsupported(self) -> None:
-        """Refuse tools and structured output, which hfserve does not implement."""
+        """Refuse top_logprobs without logprobs, and contradicting tool fields."""
         super().check_unsupported()
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequestError(
                 "top_logprobs requires logprobs to be true", param="top_logprobs"
             )
-        if self.tools:
-            raise InvalidRequestError(
-                "tools/function calling is not supported by hfserve", param="tools"
-            )
-        if self.tool_choice not in (None, "none", "auto"):
-            raise InvalidRequestError(
-                "tool_choice is not supported by hfserve", param="tool_choice"
-            )
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise InvalidRequestError(
-                "only response_format {'type': 'text'} is supported", param="response_format"
-            )
+        self.output()
         if (
             self.min_tokens
             and self.max_completion_tokens is not None
@@ -213,6 +304,7 @@ class CompletionRequest(_Sampling):
     echo: bool = False
     # OpenAI's legacy completions allow up to 5.
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    response_format: ResponseFormat | None = None
     best_of: int | None = None
     suffix: StrictStr | None = None
 
@@ -240,6 +332,10 @@ class CompletionRequest(_Sampling):
             raise InvalidRequestError("best_of is not supported by hfserve", param="best_of")
         if self.suffix:
             raise InvalidRequestError("suffix is not supported by hfserve", param="suffix")
+
+    def output(self) -> OutputRequest:
+        """What ``response_format`` asks of the output."""
+        return output_request(response_format=self.response_format)
 
 
 EmbeddingInput = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
@@ -313,7 +409,9 @@ def _param_path(loc: tuple[int | str, ...]) -> str | None:
     return ".".join(parts) or None
 
 
-_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "TextPart"})
+_TYPE_TAGS = frozenset(
+    {"str", "int", "float", "bool", "list", "dict", "none", "TextPart", "NamedToolChoice"}
+)
 
 
 def parse_body(schema: type[T], data: Any) -> T:
@@ -327,7 +425,10 @@ def parse_body(schema: type[T], data: Any) -> T:
     try:
         body = schema.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
+        # The deepest error is the most specific: for a union (message content: a string or a
+        # list of parts) it is the one inside the member that came closest, not "not a string".
+        errors = exc.errors(include_url=False)
+        first = max(errors, key=lambda error: len(error["loc"]))
         param = _param_path(first["loc"])
         raise InvalidRequestError(
             f"invalid value for {param or 'body'}: {first['msg']}", param=param

@@ -84,7 +84,7 @@ def test_max_completion_tokens_wins_and_min_tokens_is_bounded() -> None:
         ({"min_p": 1.5}, "min_p"),
         ({"repetition_penalty": 0}, "repetition_penalty"),
         ({"tool_choice": {"type": "function"}}, "tool_choice"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "json"}}, "response_format.type"),
         ({"max_tokens": 2, "min_tokens": 3}, "min_tokens"),
     ],
 )

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,7 +21,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from hfserve.errors import HfServeError, InvalidRequestError
+from hfserve.server.chat_output import ChoiceStream, OutputPlan, plan_output
 from hfserve.server.errors import error_body, status_for
+from hfserve.server.media import load_chat_inputs, refuse_images
 from hfserve.server.requests import (
     cached_json,
     charge_tokens,
@@ -34,7 +37,15 @@ from hfserve.server.requests import (
 from hfserve.server.routes.logprobs import chat_logprobs, completion_logprobs
 from hfserve.server.schemas import ChatCompletionRequest, CompletionRequest, _Sampling, parse_body
 from hfserve.server.state import ServerState
-from hfserve.skills.base import GenerationChunk, GenerationModel, GenerationRequest, TokenLogprob
+from hfserve.skills.base import (
+    GenerationChunk,
+    GenerationModel,
+    GenerationRequest,
+    MultimodalGenerationModel,
+    StructuredGenerationModel,
+    TokenLogprob,
+)
+from hfserve.skills.limits import check_token_ids
 
 __all__ = ["chat_completions", "completions"]
 
@@ -63,13 +74,23 @@ class _Job:
     prompts: list[list[int]]
     max_new_tokens: int
     started: float
+    plan: OutputPlan
+    # Extra model inputs (pixel values) of a multimodal chat, shared by its ``n`` choices.
+    media: Mapping[str, Any] | None = None
 
     @property
     def prompt_tokens(self) -> int:
         return sum(len(p) for p in self.prompts)
 
+    def indices(self) -> range:
+        """The choice indices: ``n`` per prompt."""
+        return range(len(self.prompts) * self.body.n)
+
     def requests(self) -> list[tuple[int, GenerationRequest]]:
-        """Every (choice index, engine request): ``n`` per prompt, seeds offset per choice."""
+        """Every (choice index, engine request): ``n`` per prompt, seeds offset per choice.
+
+        Each request gets its own grammar matcher, so call this once per generation.
+        """
         body = self.body
         out = []
         for p_index, prompt in enumerate(self.prompts):
@@ -93,6 +114,8 @@ class _Job:
                             repetition_penalty=body.repetition_penalty or 1.0,
                             logit_bias=body.token_bias(),
                             logprobs=body.logprobs_count(),
+                            grammar=self.plan.matcher(),
+                            media=self.media,
                         ),
                     )
                 )
@@ -105,9 +128,25 @@ async def chat_completions(request: Request) -> Response:
     state = server_state(request)
     body = parse_body(ChatCompletionRequest, await read_json(request))
     model = await load_model(state, request, body.model, GenerationModel, "/v1/chat/completions")  # type: ignore[type-abstract]
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    prompt_ids = model.encode(model.render_chat(messages))
-    job = _make_job(state, "chat", body, model, [prompt_ids], body.max_new_tokens(), started)
+    output = body.output()
+    media = None
+    if isinstance(model, MultimodalGenerationModel):
+        inputs = await load_chat_inputs(body.messages, state.settings)
+        prepared = await asyncio.to_thread(model.prepare_chat, inputs.messages, inputs.images)
+        prompt_ids, media = prepared.prompt_ids, prepared.media
+    else:
+        refuse_images(body.messages, body.model)
+        messages = [m.to_template() for m in body.messages]
+        if output.tools is None:
+            prompt = model.render_chat(messages)
+        elif isinstance(model, StructuredGenerationModel):
+            prompt = model.render_chat(messages, tools=output.tools)
+        else:
+            raise InvalidRequestError("this model does not support tools", param="tools")
+        prompt_ids = model.encode(prompt)
+    plan = await plan_output(output, model)
+    job = _make_job(state, "chat", body, model, [prompt_ids], body.max_new_tokens(), started, plan)
+    job = dataclasses.replace(job, media=media)
     return await _respond(request, state, job)
 
 
@@ -123,7 +162,6 @@ async def completions(request: Request) -> Response:
             param="prompt",
         )
     model = await load_model(state, request, body.model, GenerationModel, "/v1/completions")  # type: ignore[type-abstract]
-    vocab = getattr(model, "vocab_size", None)
     ids: list[list[int]] = []
     for prompt in prompts:
         if isinstance(prompt, str):
@@ -131,14 +169,35 @@ async def completions(request: Request) -> Response:
             continue
         if not prompt:
             raise InvalidRequestError("prompt token lists must not be empty", param="prompt")
-        if any(t < 0 or (vocab is not None and t >= vocab) for t in prompt):
-            raise InvalidRequestError(
-                f"prompt token ids must be in [0, {vocab if vocab is not None else 'vocab size'})",
-                param="prompt",
-            )
+        check_token_ids(prompt, model.vocab_size, param="prompt", where="prompt ")
         ids.append(prompt)
-    job = _make_job(state, "text", body, model, ids, body.max_tokens, started)
+    plan = await plan_output(body.output(), model)
+    job = _make_job(state, "text", body, model, ids, body.max_tokens, started, plan)
     return await _respond(request, state, job)
+
+
+# Image-text-to-text models run on the batched generate path (transformers' continuous batching
+# takes no pixel inputs), which has temperature, top_p, seed, stops and lengths but not the
+# tensor sampling stage's extras: refuse them rather than ignore them.
+_GENERATE_PATH_UNSUPPORTED = (
+    "logprobs",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "logit_bias",
+    "top_k",
+    "min_p",
+)
+
+
+def _refuse_unsupported_on_generate_path(body: _Sampling) -> None:
+    for name in _GENERATE_PATH_UNSUPPORTED:
+        value = getattr(body, name, None)
+        if value not in (None, False, 0, {}) and not (name == "repetition_penalty" and value == 1):
+            raise InvalidRequestError(
+                f"{name} is not supported for image-text-to-text models yet", param=name
+            )
 
 
 def _make_job(
@@ -149,7 +208,10 @@ def _make_job(
     prompts: list[list[int]],
     requested: int | None,
     started: float,
+    plan: OutputPlan,
 ) -> _Job:
+    if isinstance(model, MultimodalGenerationModel):
+        _refuse_unsupported_on_generate_path(body)
     vocab = getattr(model, "vocab_size", None)
     if vocab is not None and any(i >= vocab for i in body.token_bias()):
         raise InvalidRequestError(
@@ -191,7 +253,7 @@ def _make_job(
         )
     else:
         max_new = requested
-    return _Job(kind, body.model, model, body, prompts, max_new, started)
+    return _Job(kind, body.model, model, body, prompts, max_new, started, plan)
 
 
 async def _respond(request: Request, state: ServerState, job: _Job) -> Response:
@@ -235,15 +297,7 @@ def _final_body(job: _Job, choices: Sequence[_Choice], completion: int) -> dict[
             "created": now_ts(),
             "model": job.model_name,
             "system_fingerprint": None,
-            "choices": [
-                {
-                    "index": c.index,
-                    "message": {"role": "assistant", "content": "".join(c.text)},
-                    "logprobs": None if c.logprobs is None else chat_logprobs(c.logprobs),
-                    "finish_reason": c.finish_reason,
-                }
-                for c in choices
-            ],
+            "choices": [_chat_choice(job.plan, c) for c in choices],
             "usage": usage,
         }
     return {
@@ -265,8 +319,19 @@ def _final_body(job: _Job, choices: Sequence[_Choice], completion: int) -> dict[
     }
 
 
+def _chat_choice(plan: OutputPlan, choice: _Choice) -> dict[str, Any]:
+    message, finish = plan.message("".join(choice.text), choice.finish_reason)
+    logprobs = None if choice.logprobs is None else chat_logprobs(choice.logprobs)
+    return {
+        "index": choice.index,
+        "message": message,
+        "logprobs": logprobs,
+        "finish_reason": finish,
+    }
+
+
 async def _collect(state: ServerState, job: _Job) -> list[_Choice]:
-    choices = {index: _Choice(index) for index, _ in job.requests()}
+    choices = {index: _Choice(index) for index in job.indices()}
     async for index, chunk in _merged(state, job):
         choice = choices[index]
         choice.text.append(chunk.text)
@@ -366,41 +431,49 @@ async def _sse(request: Request, state: ServerState, job: _Job) -> AsyncIterator
         offsets[index] = start + sum(len(item.token) for item in items)
         return completion_logprobs(items, start)
 
-    def choice(
-        index: int,
-        text: str | None,
-        finish: str | None,
-        role: bool = False,
-        logprobs: dict[str, Any] | None = None,
+    def text_choice(
+        index: int, text: str, finish: str | None, logprobs: dict[str, Any] | None
     ) -> dict[str, Any]:
-        if not chat:
-            return {
-                "index": index,
-                "text": text or "",
-                "logprobs": logprobs,
-                "finish_reason": finish,
-            }
-        delta: dict[str, Any] = {}
-        if role:
-            delta["role"] = "assistant"
-        if text is not None:
-            delta["content"] = text
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+    def chat_choice(
+        index: int, delta: dict[str, Any], finish: str | None, logprobs: dict[str, Any] | None
+    ) -> dict[str, Any]:
         return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
 
+    streams: dict[int, ChoiceStream] = {i: job.plan.stream() for i in job.indices()}
     try:
         if chat:
-            yield event([choice(i, "", None, role=True) for i, _ in job.requests()])
+            role = {"role": "assistant", "content": ""}
+            yield event([chat_choice(i, role, None, None) for i in job.indices()])
         async for index, chunk in _merged(state, job):
             completion[index] = chunk.completion_tokens
             # A chunk's logprobs ride on its first event: the text, else the finish.
             logprobs = encode_logprobs(index, chunk.logprobs)
-            if chunk.text or chunk.finish_reason is None:
-                yield event([choice(index, chunk.text, None, logprobs=logprobs)])
+            if not chat:
+                if chunk.text or chunk.finish_reason is None:
+                    yield event([text_choice(index, chunk.text, None, logprobs)])
+                    logprobs = None
+                if chunk.finish_reason is not None:
+                    yield event([text_choice(index, "", chunk.finish_reason, logprobs)])
+                continue
+            stream = streams[index]
+            deltas = stream.feed(chunk.text)
+            if not deltas and chunk.finish_reason is None:
+                # An empty step still shows the client that tokens flow (held tool-call text
+                # does not, unless its logprobs must go out).
+                if job.plan.request.tool_mode is None:
+                    deltas = [{"content": ""}]
+                elif logprobs is not None:
+                    deltas = [{}]
+            if chunk.finish_reason is not None:
+                last, finish = stream.finish(chunk.finish_reason)
+                deltas += last
+            for delta in deltas:
+                yield event([chat_choice(index, delta, None, logprobs)])
                 logprobs = None
             if chunk.finish_reason is not None:
-                yield event(
-                    [choice(index, None if chat else "", chunk.finish_reason, logprobs=logprobs)]
-                )
+                yield event([chat_choice(index, {}, finish, logprobs)])
         total = sum(completion.values())
         await charge_tokens(state, request, job.prompt_tokens + total)
         if include_usage:
