@@ -59,7 +59,9 @@ def test_greedy_rows_take_the_argmax_and_top_k_1_equals_greedy() -> None:
     assert result.tokens.tolist() == logits.argmax(-1).tolist()
 
 
-@pytest.mark.parametrize(("top_k", "top_p"), [(0, 0.3), (5, 1.0), (7, 0.6), (200, 0.95)])
+@pytest.mark.parametrize(
+    ("top_k", "top_p"), [(0, 0.3), (5, 1.0), (7, 0.6), (200, 0.95), (0, 0.999), (1, 0.5)]
+)
 def test_truncation_matches_transformers_warpers(top_k: int, top_p: float) -> None:
     scores = _logits(6, seed=top_k)
     expected = scores.clone()
@@ -67,8 +69,17 @@ def test_truncation_matches_transformers_warpers(top_k: int, top_p: float) -> No
         expected = TopKLogitsWarper(top_k)(None, expected)  # type: ignore[arg-type]
     if top_p < 1.0:
         expected = TopPLogitsWarper(top_p)(None, expected)  # type: ignore[arg-type]
-    dropped = _truncate(scores, torch.full((6,), top_k), torch.full((6,), top_p))
+    dropped = _truncate(scores, torch.full((6,), top_k), torch.full((6,), top_p), top_k)
     assert torch.equal(dropped, expected.isinf())
+    # The same with an unknown cap (the static plan) and with rows mixing their own settings.
+    assert torch.equal(
+        _truncate(scores, torch.full((6,), top_k), torch.full((6,), top_p), -1), expected.isinf()
+    )
+    mixed_k = torch.tensor([top_k, 0, top_k, 0, top_k, 0])
+    mixed = _truncate(scores, mixed_k, torch.full((6,), top_p), max(top_k, 3))
+    plain_p = TopPLogitsWarper(top_p)(None, scores.clone()) if top_p < 1 else scores  # type: ignore[arg-type]
+    assert torch.equal(mixed[1::2], plain_p[1::2].isinf())
+    assert torch.equal(mixed[0::2], expected[0::2].isinf())
 
 
 def test_min_p_matches_transformers_warper() -> None:

@@ -193,7 +193,9 @@ async def test_seeded_rows_are_independent_of_their_batch(tiny_models: TinyModel
 
 
 async def test_grammar_output_parses_and_ends_with_stop(tiny_models: TinyModels) -> None:
-    generator = TextGenerationSkill().load(str(tiny_models.llama), "cpu", "auto", RuntimeOptions())
+    generator = TextGenerationSkill().load(
+        str(tiny_models.llama), "cpu", "float32", RuntimeOptions()
+    )
     await generator.start()
     try:
         ll = await asyncio.to_thread(generator.ll_tokenizer)
@@ -231,7 +233,9 @@ async def test_grammar_output_parses_and_ends_with_stop(tiny_models: TinyModels)
 async def test_a_tokenizer_llguidance_cannot_use_is_a_400(
     tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    generator = TextGenerationSkill().load(str(tiny_models.gpt2), "cpu", "auto", RuntimeOptions())
+    generator = TextGenerationSkill().load(
+        str(tiny_models.gpt2), "cpu", "float32", RuntimeOptions()
+    )
 
     def slow_only(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("Only fast tokenizers are supported")

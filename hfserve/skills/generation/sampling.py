@@ -100,6 +100,8 @@ class StepPlan:
 
     sampled: bool = False
     truncated: bool = False
+    # How many of the most likely tokens top-k/top-p look at (-1: the whole vocabulary).
+    candidates: int = -1
     min_p: bool = False
     penalties: bool = False
     logit_bias: bool = False
@@ -109,7 +111,7 @@ class StepPlan:
     @classmethod
     def full(cls) -> StepPlan:
         """Every part on, with the largest number of top logprobs."""
-        return cls(True, True, True, True, True, True, LOGPROBS_MAX)
+        return cls(True, True, -1, True, True, True, True, LOGPROBS_MAX)
 
 
 @dataclass(frozen=True)
@@ -222,12 +224,28 @@ class SamplingTable:
         return StepPlan(
             sampled=f["sampled"] > 0,
             truncated=f["truncated"] > 0,
+            candidates=_candidates([p for p in self._live.values() if p.truncated]),
             min_p=f["min_p"] > 0,
             penalties=f["penalties"] > 0,
             logit_bias=f["logit_bias"] > 0,
             min_tokens=f["min_tokens"] > 0,
             logprobs=logprobs,
         )
+
+
+# Candidates for rows with top_p but no top_k: enough for a peaked distribution; a flatter one
+# falls back to the whole vocabulary for that step.
+_TOP_P_CANDIDATES = 256
+
+
+def _candidates(rows: list[SamplingParams]) -> int:
+    """The tokens top-k/top-p must look at: the largest top_k, or more for top_p-only rows."""
+    if not rows:
+        return -1
+    largest = max(p.top_k for p in rows)
+    if any(p.top_k == 0 for p in rows):
+        return max(largest, _TOP_P_CANDIDATES)
+    return largest
 
 
 def _features(params: SamplingParams) -> list[str]:
@@ -314,22 +332,42 @@ def _below_min_p(scaled: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     return probs < min_p[:, None] * probs.max(dim=-1, keepdim=True).values
 
 
-def _truncate(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """top-k then top-p (transformers' warpers' rules) as one mask of the tokens to drop."""
+def _truncate(
+    scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, candidates: int
+) -> torch.Tensor:
+    """top-k then top-p (transformers' warpers' rules) as one mask of the tokens to drop.
+
+    Sorting the whole vocabulary is the slow part on CPUs, so only the ``candidates`` most likely
+    tokens are sorted (``topk``): exact for top-k rows (``candidates`` >= their k), and exact for
+    a top_p-only row whenever the candidates hold ``top_p`` of its mass; otherwise the step is
+    redone over the whole vocabulary (a check of a CPU tensor, or never: the static plan asks
+    for the whole vocabulary).
+    """
     import torch
 
     vocab = scaled.size(1)
-    sorted_logits, order = scaled.sort(dim=-1, descending=True)
-    ranks = torch.arange(vocab, device=scaled.device)
-    k = torch.where(top_k > 0, top_k.clamp(max=vocab), vocab)
-    sorted_logits = sorted_logits.masked_fill(ranks[None, :] >= k[:, None], -math.inf)
-    probs = sorted_logits.softmax(dim=-1)
+    cap = vocab if candidates < 0 else min(max(candidates, 1), vocab)
+    values, order = scaled.topk(cap, dim=-1)
+    ranks = torch.arange(cap, device=scaled.device)
+    k = torch.where(top_k > 0, top_k.clamp(max=cap), cap)
+    in_k = ranks[None, :] < k[:, None]
+    values = values.masked_fill(~in_k, -math.inf)
+    # Probabilities of the top-k-filtered distribution: over the k candidates for top-k rows,
+    # over the whole vocabulary for the others.
+    total = torch.where(top_k > 0, values.logsumexp(dim=-1), scaled.logsumexp(dim=-1)).unsqueeze(-1)
+    probs = (values - total).exp()
+    cumulative = probs.cumsum(dim=-1)
     # Keep a token while the mass strictly before it is below top_p (TopPLogitsWarper's rule
     # "drop the ascending tail whose cumulative mass is <= 1 - top_p", seen from the top).
-    before = probs.cumsum(dim=-1) - probs
-    keep = (before < top_p[:, None]) & (ranks[None, :] < k[:, None])
+    keep = ((cumulative - probs) < top_p[:, None]) & in_k
     keep[:, 0] = True
-    return torch.zeros_like(keep).scatter(1, order, keep).logical_not()
+    if cap < vocab and scaled.device.type == "cpu":
+        short = (top_k == 0) & (top_p < 1.0) & (cumulative[:, -1] < top_p)
+        if bool(short.any()):
+            return _truncate(scaled, top_k, top_p, -1)
+    active = ((top_k > 0) & (top_k < vocab)) | (top_p < 1.0)
+    kept = torch.zeros_like(scaled, dtype=torch.bool).scatter(1, order, keep)
+    return kept.logical_not() & active[:, None]
 
 
 def sample(
@@ -370,7 +408,7 @@ def sample(
         scaled = x / torch.where(is_sampled, temperature, 1.0)[:, None]
         if plan.truncated:
             scaled = scaled.masked_fill(
-                _truncate(scaled, ints[:, _TOP_K], floats[:, _TOP_P]), -math.inf
+                _truncate(scaled, ints[:, _TOP_K], floats[:, _TOP_P], plan.candidates), -math.inf
             )
         if plan.min_p:
             scaled = scaled.masked_fill(_below_min_p(scaled, floats[:, _MIN_P]), -math.inf)
