@@ -91,9 +91,11 @@ def log_config(
         },
         "root": {"level": level.upper(), "handlers": ["stderr"]},
         "loggers": {
-            # uvicorn's own default config gives these handlers of their own: propagate instead.
+            # uvicorn's own default config gives these handlers of their own: propagate instead,
+            # and take the root's level (an earlier uvicorn.Config(log_level=...) in the same
+            # process leaves its level behind otherwise).
             **{
-                name: {"handlers": [], "propagate": True}
+                name: {"handlers": [], "propagate": True, "level": "NOTSET"}
                 for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
             },
             _CB_LOGGER: {"handlers": ["stderr"], "propagate": False},
