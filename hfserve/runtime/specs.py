@@ -31,12 +31,15 @@ def _default_alias(source: str) -> str:
     path = Path(source).expanduser()
     if path.is_dir():
         return path.resolve().name
+    if path.suffix.lower() == ".gguf":
+        return path.stem  # "SmolLM2-135M-Instruct.Q4_1.gguf" -> "SmolLM2-135M-Instruct.Q4_1"
     # A Hub id keeps its namespace ("Qwen/Qwen2.5-0.5B-Instruct"): that is what clients know.
     return source.rstrip("/")
 
 
 def parse_model_spec(text: str, *, task: str | None = None, pinned: bool = True) -> ModelSpec:
-    """Parse ``[ALIAS=]PATH_OR_ID``; the alias defaults to the folder name or the Hub id.
+    """Parse ``[ALIAS=]PATH_OR_ID``; the alias defaults to the folder name, the GGUF file's
+    name without ``.gguf``, or the Hub id.
 
     Raises:
         ConfigError: the text is empty or the alias or source part is empty.
