@@ -9,6 +9,7 @@ import pytest
 
 from tests.fixtures.plugins import install_offline
 from tests.fixtures.redis_server import redis_server, redis_server_module  # noqa: F401
+from tests.fixtures.tiny_gguf import write_llama_gguf
 from tests.fixtures.tiny_models import TinyModels, build_tiny_models
 
 # No test may reach the Hub: everything is built locally.
@@ -22,6 +23,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     """Tiny GPT-2, Llama, BERT and BERT-classifier folders, built once per session."""
     return build_tiny_models(Path(tmp_path_factory.mktemp("tiny-models")))
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_models: TinyModels) -> Path:
+    """The tiny Llama written as an F32 GGUF file (same weights, tokenizer and chat template)."""
+    out = tiny_models.root / "gguf" / "tiny-llama.gguf"
+    if not out.is_file():
+        out.parent.mkdir(exist_ok=True)
+        write_llama_gguf(tiny_models.llama, out)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -179,7 +179,10 @@ def run_server(settings: Settings) -> None:
         )
     specs = state.loader.specs
     lines = [f"[bold]{alias}[/]  {spec.source}" for alias, spec in specs.items()]
-    demo = "" if settings.models else "  [dim](built-in offline demo; random-weights chat model)[/]"
+    from hfserve.runtime.demo import demo_chat_hint
+
+    hint = None if settings.models else demo_chat_hint(list(specs))
+    demo = "" if settings.models else "  [dim](built-in offline demo)[/]"
     console.print(
         Panel(
             "\n".join(
@@ -195,6 +198,8 @@ def run_server(settings: Settings) -> None:
             expand=False,
         )
     )
+    if hint is not None:
+        console.print(f"[dim]hint:[/] {hint}", highlight=False)
     # Our own drain (DrainingServer) has already waited up to the grace period when uvicorn
     # starts its shutdown, so uvicorn's own wait is short.
     options: dict[str, Any] = {
