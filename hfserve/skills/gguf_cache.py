@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,7 @@ def materialize(path: Path, dtype: str = "float32", root: Path | None = None) ->
     )
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
+    started = time.perf_counter()
     try:
         _convert(path, staging, _stored_dtype(dtype))
         marker = {
@@ -196,6 +198,7 @@ def materialize(path: Path, dtype: str = "float32", root: Path | None = None) ->
         raise ModelLoadError(f"cannot write the converted GGUF to {target}: {exc}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    logger.info("GGUF %s: converted in %.2fs", path.name, time.perf_counter() - started)
     return target
 
 
