@@ -199,7 +199,7 @@ def run_server(settings: Settings) -> None:
         )
     )
     if hint is not None:
-        console.print(f"[dim]hint:[/] {hint}", highlight=False)
+        console.print(f"[dim]hint:[/] {hint}", highlight=False, soft_wrap=True)
     # Our own drain (DrainingServer) has already waited up to the grace period when uvicorn
     # starts its shutdown, so uvicorn's own wait is short.
     options: dict[str, Any] = {

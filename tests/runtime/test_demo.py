@@ -60,9 +60,7 @@ def test_demo_specs_serve_smollm2_when_installed() -> None:
     assert demo.demo_chat_hint(list(specs)) is None
 
 
-def test_smollm2_package_without_its_file(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_smollm2_package_without_its_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / "hfserve_fake_smollm2").mkdir()
     (tmp_path / "hfserve_fake_smollm2" / "__init__.py").write_text("raise ImportError('never')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
