@@ -42,6 +42,7 @@ def _first_answer(start_server: StartServer, cache: Path) -> tuple[float, float,
     return ready, answered, chat.choices[0].message.content or ""
 
 
+@pytest.mark.timeout(1800)  # two starts, the first converting the GGUF, on a shared CPU
 def test_plain_hfserve_serve_answers_with_smollm2(
     start_server: StartServer, tmp_path: Path
 ) -> None:
