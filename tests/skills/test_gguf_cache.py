@@ -187,3 +187,21 @@ def test_packed_weights_are_not_saved_as_dense() -> None:
     model.blocks = torch.nn.Parameter(torch.zeros(4, dtype=torch.uint8), requires_grad=False)
     with pytest.raises(ModelLoadError, match="kept GGUF blocks packed"):
         gguf_cache._forget_quantization(model)
+
+
+@pytest.mark.slow
+async def test_text_generation_skill_loads_a_gguf(
+    tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hfserve.skills.base import RuntimeOptions
+    from hfserve.skills.text_generation import TextGenerationSkill
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model = TextGenerationSkill().load(str(tiny_gguf), "cpu", "float32", RuntimeOptions())
+    try:
+        assert model.model_id == str(tiny_gguf)  # the name the user gave, not the cache folder
+        assert (model.max_input_tokens, model.dtype) == (256, "float32")
+        assert model.render_chat([{"role": "user", "content": "hi"}]).endswith("<|assistant|>")
+    finally:
+        await model.aclose()
+    assert len(list((tmp_path / "hfserve" / "gguf").glob("*-float32"))) == 1

@@ -163,3 +163,13 @@ def test_registry_gguf_without_a_causal_class(tmp_path: Path) -> None:
 def test_folder_with_one_gguf_resolves(tmp_path: Path, tiny_gguf: Path) -> None:
     shutil.copy(tiny_gguf, tmp_path / "only.gguf")
     assert read_model_facts(str(tmp_path)).architectures == ("LlamaForCausalLM",)
+
+
+def test_gguf_memory_is_priced_dequantized(tiny_gguf: Path) -> None:
+    from hfserve.runtime.inspection import estimate_gguf_memory
+
+    info = read_gguf_info(tiny_gguf)
+    for dtype, width in (("float32", 4), ("float16", 2), ("bfloat16", 2), ("auto", 4)):
+        estimate = estimate_gguf_memory(info, dtype)
+        assert (estimate.bytes, estimate.parameters) == (width * info.parameters, info.parameters)
+        assert estimate.method == "GGUF tensor table"
