@@ -24,21 +24,31 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable
 
 def _render_table(title: str, skills: list[SkillInfo]) -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
-    for column in ("name", "task", "architectures", "endpoints", "source"):
-        table.add_column(column, overflow="fold")
-    for info in skills:
-        archs = ", ".join(info.architectures[:3]) + (", ..." if len(info.architectures) > 3 else "")
-        table.add_row(
+    from hfserve.cli.render import Column, fit_table
+
+    # Names, tasks and endpoints are never broken; on a narrow terminal the source goes first,
+    # then the task (often the skill's own name), then the architectures.
+    columns = [
+        Column("name"),
+        Column("task", drop=1),
+        Column("architectures", wrap=True, drop=2),
+        Column("endpoints"),
+        Column("source", drop=0),
+    ]
+    rows = [
+        [
             f"[bold]{info.name}[/bold]",
             info.task,
-            archs or "-",
+            ", ".join(info.architectures[:3]) + (", ..." if len(info.architectures) > 3 else "")
+            or "-",
             "\n".join(info.endpoints) or "-",
             info.source,
-        )
-    Console().print(table)
+        ]
+        for info in skills
+    ]
+    console = Console()
+    console.print(fit_table(title, columns, rows, console.width))
 
 
 def _report_errors(errors: list[PluginError]) -> None:

@@ -12,6 +12,7 @@ not re-read a multi-gigabyte file just to find its folder.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -144,7 +145,15 @@ def gguf_model_facts(path: Path) -> tuple[tuple[str, ...], str]:
     if _is_complete(folder):
         config = _read_json(folder / "config.json")
         return tuple(config.get("architectures") or ()), str(config.get("model_type") or "")
-    info = read_gguf_info(path)
+    stamp = _stamp(path)  # the file exists: cached_folder has hashed it
+    return _header_facts(str(path), stamp["size"], stamp["mtime_ns"])
+
+
+# The banner, the skill lookup and the load each ask before the first conversion exists;
+# the header is read once per file version (a failure is not cached: lru_cache skips raises).
+@functools.lru_cache(maxsize=32)
+def _header_facts(path: str, size: int, mtime_ns: int) -> tuple[tuple[str, ...], str]:
+    info = read_gguf_info(Path(path))
     check_supported(info)
     model_type = model_type_of(info.architecture)
     architecture = causal_lm_architecture(model_type)

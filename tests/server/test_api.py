@@ -249,9 +249,10 @@ def test_classifications(client: TestClient) -> None:
         (CHAT | {"max_tokens": -1}, "max_tokens"),
         (CHAT | {"max_tokens": 10**9}, "max_tokens"),
         (CHAT | {"n": 0}, "n"),
-        (CHAT | {"presence_penalty": 1.0}, "presence_penalty"),
-        (CHAT | {"logprobs": True}, "logprobs"),
-        (CHAT | {"tools": [{"type": "function"}]}, "tools"),
+        (CHAT | {"presence_penalty": 3.0}, "presence_penalty"),
+        (CHAT | {"top_logprobs": 3}, "top_logprobs"),
+        (CHAT | {"logit_bias": {"100000": 5}}, "logit_bias"),
+        (CHAT | {"tools": [{"type": "function"}]}, "tools.0.function"),
         (CHAT | {"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"model": "tiny-llama", "messages": []}, "messages"),
         (

@@ -39,9 +39,14 @@ class _FakeSkill:
 def test_builtins_are_listed_in_priority_order() -> None:
     registry = SkillRegistry()
     names = [info.name for info in registry.list()]
-    assert names == ["text-generation", "embeddings", "text-classification"]
+    assert names == ["text-generation", "embeddings", "text-classification", "image-text-to-text"]
     assert {info.source for info in registry.list()} == {"builtin"}
-    assert registry.tasks() == ["embeddings", "text-classification", "text-generation"]
+    assert registry.tasks() == [
+        "embeddings",
+        "image-text-to-text",
+        "text-classification",
+        "text-generation",
+    ]
     assert registry.errors == []
 
 
@@ -130,13 +135,13 @@ def test_folder_without_config_and_unknown_hub_id_fail_clearly(tmp_path: Path) -
 
 def test_search_filters_combine() -> None:
     registry = SkillRegistry()
-    assert [i.name for i in registry.search("chat")] == ["text-generation"]
+    assert [i.name for i in registry.search("chat")] == ["text-generation", "image-text-to-text"]
     assert [i.name for i in registry.search(task="embeddings")] == ["embeddings"]
     assert [i.name for i in registry.search(architecture="LlamaForCausalLM")] == ["text-generation"]
     assert [i.name for i in registry.search(architecture="BertForSequenceClassification")] == [
         "text-classification"
     ]
-    assert len(registry.search(hardware="CUDA")) == 3
+    assert len(registry.search(hardware="CUDA")) == 4
     assert registry.search(hardware="tpu") == []
     assert registry.search("chat", task="embeddings") == []
 

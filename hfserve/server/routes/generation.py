@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,7 +21,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from hfserve.errors import HfServeError, InvalidRequestError
+from hfserve.server.chat_output import ChoiceStream, OutputPlan, plan_output
 from hfserve.server.errors import error_body, status_for
+from hfserve.server.media import load_chat_inputs, refuse_images
 from hfserve.server.requests import (
     cached_json,
     charge_tokens,
@@ -31,9 +34,17 @@ from hfserve.server.requests import (
     run_until_disconnect,
     server_state,
 )
+from hfserve.server.routes.logprobs import chat_logprobs, completion_logprobs
 from hfserve.server.schemas import ChatCompletionRequest, CompletionRequest, _Sampling, parse_body
 from hfserve.server.state import ServerState
-from hfserve.skills.base import GenerationChunk, GenerationModel, GenerationRequest
+from hfserve.skills.base import (
+    GenerationChunk,
+    GenerationModel,
+    GenerationRequest,
+    MultimodalGenerationModel,
+    StructuredGenerationModel,
+    TokenLogprob,
+)
 
 __all__ = ["chat_completions", "completions"]
 
@@ -48,6 +59,7 @@ class _Choice:
     text: list[str] = field(default_factory=list)
     finish_reason: str | None = None
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(frozen=True)
@@ -61,13 +73,23 @@ class _Job:
     prompts: list[list[int]]
     max_new_tokens: int
     started: float
+    plan: OutputPlan
+    # Extra model inputs (pixel values) of a multimodal chat, shared by its ``n`` choices.
+    media: Mapping[str, Any] | None = None
 
     @property
     def prompt_tokens(self) -> int:
         return sum(len(p) for p in self.prompts)
 
+    def indices(self) -> range:
+        """The choice indices: ``n`` per prompt."""
+        return range(len(self.prompts) * self.body.n)
+
     def requests(self) -> list[tuple[int, GenerationRequest]]:
-        """Every (choice index, engine request): ``n`` per prompt, seeds offset per choice."""
+        """Every (choice index, engine request): ``n`` per prompt, seeds offset per choice.
+
+        Each request gets its own grammar matcher, so call this once per generation.
+        """
         body = self.body
         out = []
         for p_index, prompt in enumerate(self.prompts):
@@ -84,6 +106,15 @@ class _Job:
                             stop=body.stop_sequences(),
                             ignore_eos=body.ignore_eos,
                             min_tokens=body.min_tokens,
+                            top_k=max(body.top_k or 0, 0),
+                            min_p=body.min_p or 0.0,
+                            presence_penalty=body.presence_penalty or 0.0,
+                            frequency_penalty=body.frequency_penalty or 0.0,
+                            repetition_penalty=body.repetition_penalty or 1.0,
+                            logit_bias=body.token_bias(),
+                            logprobs=body.logprobs_count(),
+                            grammar=self.plan.matcher(),
+                            media=self.media,
                         ),
                     )
                 )
@@ -96,9 +127,25 @@ async def chat_completions(request: Request) -> Response:
     state = server_state(request)
     body = parse_body(ChatCompletionRequest, await read_json(request))
     model = await load_model(state, request, body.model, GenerationModel, "/v1/chat/completions")  # type: ignore[type-abstract]
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    prompt_ids = model.encode(model.render_chat(messages))
-    job = _make_job(state, "chat", body, model, [prompt_ids], body.max_new_tokens(), started)
+    output = body.output()
+    media = None
+    if isinstance(model, MultimodalGenerationModel):
+        inputs = await load_chat_inputs(body.messages, state.settings)
+        prepared = await asyncio.to_thread(model.prepare_chat, inputs.messages, inputs.images)
+        prompt_ids, media = prepared.prompt_ids, prepared.media
+    else:
+        refuse_images(body.messages, body.model)
+        messages = [m.to_template() for m in body.messages]
+        if output.tools is None:
+            prompt = model.render_chat(messages)
+        elif isinstance(model, StructuredGenerationModel):
+            prompt = model.render_chat(messages, tools=output.tools)
+        else:
+            raise InvalidRequestError("this model does not support tools", param="tools")
+        prompt_ids = model.encode(prompt)
+    plan = await plan_output(output, model)
+    job = _make_job(state, "chat", body, model, [prompt_ids], body.max_new_tokens(), started, plan)
+    job = dataclasses.replace(job, media=media)
     return await _respond(request, state, job)
 
 
@@ -128,8 +175,33 @@ async def completions(request: Request) -> Response:
                 param="prompt",
             )
         ids.append(prompt)
-    job = _make_job(state, "text", body, model, ids, body.max_tokens, started)
+    plan = await plan_output(body.output(), model)
+    job = _make_job(state, "text", body, model, ids, body.max_tokens, started, plan)
     return await _respond(request, state, job)
+
+
+# Image-text-to-text models run on the batched generate path (transformers' continuous batching
+# takes no pixel inputs), which has temperature, top_p, seed, stops and lengths but not the
+# tensor sampling stage's extras: refuse them rather than ignore them.
+_GENERATE_PATH_UNSUPPORTED = (
+    "logprobs",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "logit_bias",
+    "top_k",
+    "min_p",
+)
+
+
+def _refuse_unsupported_on_generate_path(body: _Sampling) -> None:
+    for name in _GENERATE_PATH_UNSUPPORTED:
+        value = getattr(body, name, None)
+        if value not in (None, False, 0, {}) and not (name == "repetition_penalty" and value == 1):
+            raise InvalidRequestError(
+                f"{name} is not supported for image-text-to-text models yet", param=name
+            )
 
 
 def _make_job(
@@ -140,7 +212,15 @@ def _make_job(
     prompts: list[list[int]],
     requested: int | None,
     started: float,
+    plan: OutputPlan,
 ) -> _Job:
+    if isinstance(model, MultimodalGenerationModel):
+        _refuse_unsupported_on_generate_path(body)
+    vocab = getattr(model, "vocab_size", None)
+    if vocab is not None and any(i >= vocab for i in body.token_bias()):
+        raise InvalidRequestError(
+            f"logit_bias token ids must be in [0, {vocab}) for this model", param="logit_bias"
+        )
     limit = state.settings.max_tokens_limit
     param = (
         "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
@@ -177,7 +257,7 @@ def _make_job(
         )
     else:
         max_new = requested
-    return _Job(kind, body.model, model, body, prompts, max_new, started)
+    return _Job(kind, body.model, model, body, prompts, max_new, started, plan)
 
 
 async def _respond(request: Request, state: ServerState, job: _Job) -> Response:
@@ -221,15 +301,7 @@ def _final_body(job: _Job, choices: Sequence[_Choice], completion: int) -> dict[
             "created": now_ts(),
             "model": job.model_name,
             "system_fingerprint": None,
-            "choices": [
-                {
-                    "index": c.index,
-                    "message": {"role": "assistant", "content": "".join(c.text)},
-                    "logprobs": None,
-                    "finish_reason": c.finish_reason,
-                }
-                for c in choices
-            ],
+            "choices": [_chat_choice(job.plan, c) for c in choices],
             "usage": usage,
         }
     return {
@@ -242,7 +314,7 @@ def _final_body(job: _Job, choices: Sequence[_Choice], completion: int) -> dict[
             {
                 "index": c.index,
                 "text": "".join(c.text),
-                "logprobs": None,
+                "logprobs": None if c.logprobs is None else completion_logprobs(c.logprobs),
                 "finish_reason": c.finish_reason,
             }
             for c in choices
@@ -251,12 +323,25 @@ def _final_body(job: _Job, choices: Sequence[_Choice], completion: int) -> dict[
     }
 
 
+def _chat_choice(plan: OutputPlan, choice: _Choice) -> dict[str, Any]:
+    message, finish = plan.message("".join(choice.text), choice.finish_reason)
+    logprobs = None if choice.logprobs is None else chat_logprobs(choice.logprobs)
+    return {
+        "index": choice.index,
+        "message": message,
+        "logprobs": logprobs,
+        "finish_reason": finish,
+    }
+
+
 async def _collect(state: ServerState, job: _Job) -> list[_Choice]:
-    choices = {index: _Choice(index) for index, _ in job.requests()}
+    choices = {index: _Choice(index) for index in job.indices()}
     async for index, chunk in _merged(state, job):
         choice = choices[index]
         choice.text.append(chunk.text)
         choice.completion_tokens = chunk.completion_tokens
+        if chunk.logprobs is not None:
+            choice.logprobs = (choice.logprobs or []) + chunk.logprobs
         if chunk.finish_reason is not None:
             choice.finish_reason = chunk.finish_reason
     return [choices[i] for i in sorted(choices)]
@@ -326,6 +411,7 @@ async def _sse(request: Request, state: ServerState, job: _Job) -> AsyncIterator
     created = now_ts()
     obj = "chat.completion.chunk" if chat else "text_completion"
     completion: dict[int, int] = {}
+    offsets: dict[int, int] = {}
 
     def event(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
         payload: dict[str, Any] = {
@@ -340,27 +426,58 @@ async def _sse(request: Request, state: ServerState, job: _Job) -> AsyncIterator
             payload["usage"] = usage
         return b"data: " + dumps_json(payload) + b"\n\n"
 
-    def choice(
-        index: int, text: str | None, finish: str | None, role: bool = False
-    ) -> dict[str, Any]:
-        if not chat:
-            return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
-        delta: dict[str, Any] = {}
-        if role:
-            delta["role"] = "assistant"
-        if text is not None:
-            delta["content"] = text
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def encode_logprobs(index: int, items: list[TokenLogprob] | None) -> dict[str, Any] | None:
+        if items is None:
+            return None
+        if chat:
+            return chat_logprobs(items)
+        start = offsets.get(index, 0)
+        offsets[index] = start + sum(len(item.token) for item in items)
+        return completion_logprobs(items, start)
 
+    def text_choice(
+        index: int, text: str, finish: str | None, logprobs: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+    def chat_choice(
+        index: int, delta: dict[str, Any], finish: str | None, logprobs: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+
+    streams: dict[int, ChoiceStream] = {i: job.plan.stream() for i in job.indices()}
     try:
         if chat:
-            yield event([choice(i, "", None, role=True) for i, _ in job.requests()])
+            role = {"role": "assistant", "content": ""}
+            yield event([chat_choice(i, role, None, None) for i in job.indices()])
         async for index, chunk in _merged(state, job):
             completion[index] = chunk.completion_tokens
-            if chunk.text or chunk.finish_reason is None:
-                yield event([choice(index, chunk.text, None)])
+            # A chunk's logprobs ride on its first event: the text, else the finish.
+            logprobs = encode_logprobs(index, chunk.logprobs)
+            if not chat:
+                if chunk.text or chunk.finish_reason is None:
+                    yield event([text_choice(index, chunk.text, None, logprobs)])
+                    logprobs = None
+                if chunk.finish_reason is not None:
+                    yield event([text_choice(index, "", chunk.finish_reason, logprobs)])
+                continue
+            stream = streams[index]
+            deltas = stream.feed(chunk.text)
+            if not deltas and chunk.finish_reason is None:
+                # An empty step still shows the client that tokens flow (held tool-call text
+                # does not, unless its logprobs must go out).
+                if job.plan.request.tool_mode is None:
+                    deltas = [{"content": ""}]
+                elif logprobs is not None:
+                    deltas = [{}]
             if chunk.finish_reason is not None:
-                yield event([choice(index, None if chat else "", chunk.finish_reason)])
+                last, finish = stream.finish(chunk.finish_reason)
+                deltas += last
+            for delta in deltas:
+                yield event([chat_choice(index, delta, None, logprobs)])
+                logprobs = None
+            if chunk.finish_reason is not None:
+                yield event([chat_choice(index, {}, finish, logprobs)])
         total = sum(completion.values())
         await charge_tokens(state, request, job.prompt_tokens + total)
         if include_usage:
