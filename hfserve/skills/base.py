@@ -109,7 +109,9 @@ class LoadedModel(Protocol):
 
     @property
     def max_input_tokens(self) -> int:
-        """The longest input (in tokens) the model accepts."""
+        """The longest input (in tokens) the model accepts: its context length for generation
+        (prompt plus completion), the longest embedded or classified input otherwise. Always a
+        real number: ``skills.limits.declared_limit`` drops the "no limit" sentinels."""
         ...
 
     def memory_bytes(self) -> int:
@@ -141,6 +143,11 @@ class EmbeddingResult:
 @runtime_checkable
 class EmbeddingModel(LoadedModel, Protocol):
     """A loaded model that serves ``/v1/embeddings``."""
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids an input may use are in ``[0, vocab_size)`` (see ``skills.limits``)."""
+        ...
 
     async def embed(self, inputs: Sequence[str | Sequence[int]]) -> EmbeddingResult:
         """Embed each input (text or token ids); inputs are micro-batched with other callers."""
@@ -258,6 +265,11 @@ class GenerationModel(LoadedModel, Protocol):
         ...
 
     @property
+    def vocab_size(self) -> int:
+        """Prompt token ids must be in ``[0, vocab_size)`` (see ``skills.limits``)."""
+        ...
+
+    @property
     def active_generations(self) -> int:
         """Generations currently being decoded or queued."""
         ...
@@ -308,5 +320,9 @@ class Skill(Protocol):
     def load(
         self, model_path: str, device: str, dtype: str, options: RuntimeOptions
     ) -> LoadedModel:
-        """Load ``model_path`` onto ``device`` in ``dtype`` (blocking; runs in a worker thread)."""
+        """Load ``model_path`` onto ``device`` in ``dtype`` (blocking; runs in a worker thread).
+
+        ``dtype`` is already resolved (``float32``, ``float16`` or ``bfloat16``, never ``auto``):
+        ``hardware.choose_device`` is the one dtype policy.
+        """
         ...

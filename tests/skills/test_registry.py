@@ -38,9 +38,9 @@ class _FakeSkill:
 
 def test_builtins_are_listed_in_priority_order() -> None:
     registry = SkillRegistry()
-    names = [info.name for info in registry.list()]
+    names = [info.name for info in registry.list_skills()]
     assert names == ["text-generation", "embeddings", "text-classification", "image-text-to-text"]
-    assert {info.source for info in registry.list()} == {"builtin"}
+    assert {info.source for info in registry.list_skills()} == {"builtin"}
     assert registry.tasks() == [
         "embeddings",
         "image-text-to-text",
@@ -148,7 +148,7 @@ def test_search_filters_combine() -> None:
 
 def test_plugin_is_discovered_with_its_distribution_as_source(echo_plugin: Path) -> None:
     registry = SkillRegistry()
-    echo = next(i for i in registry.list() if i.name == "echo")
+    echo = next(i for i in registry.list_skills() if i.name == "echo")
     assert echo.source == "hfserve-echo-skill"
     assert echo.task == "embeddings"
     assert [i.name for i in registry.search(hardware="cpu")][-1] == "echo"
@@ -157,7 +157,7 @@ def test_plugin_is_discovered_with_its_distribution_as_source(echo_plugin: Path)
 
 def test_broken_plugins_are_reported_not_raised(echo_plugin: Path) -> None:
     registry = SkillRegistry()
-    names = [i.name for i in registry.list()]
+    names = [i.name for i in registry.list_skills()]
     assert "echo" in names
     errors = {e.entry_point.split(" ")[0]: e for e in registry.errors}
     assert set(errors) == {"broken-import", "not-a-skill"}
@@ -169,7 +169,7 @@ def test_broken_plugins_are_reported_not_raised(echo_plugin: Path) -> None:
 
 def test_plugin_name_clash_with_a_builtin_is_reported(echo_plugin: Path) -> None:
     registry = SkillRegistry(skills=[_FakeSkill("echo", "embeddings")])
-    assert [i.source for i in registry.list() if i.name == "echo"] == ["test"]
+    assert [i.source for i in registry.list_skills() if i.name == "echo"] == ["test"]
     assert any("already taken" in e.message for e in registry.errors)
 
 
@@ -195,9 +195,9 @@ def test_plugin_given_as_instance_or_failing_factory(monkeypatch: pytest.MonkeyP
     eps = [_EP("inst", "x:inst", "hfserve.skills"), _EP("boom", "x:boom", "hfserve.skills")]
     monkeypatch.setattr(reg, "entry_points", lambda group: eps)
     registry = SkillRegistry(include_builtins=False)
-    assert [i.name for i in registry.list()] == ["inst"]
+    assert [i.name for i in registry.list_skills()] == ["inst"]
     assert registry.get("inst") is instance
-    assert registry.list()[0].source == "plugin"
+    assert registry.list_skills()[0].source == "plugin"
     (error,) = registry.errors
     assert error.distribution == "unknown" and "factory exploded" in error.message
 
@@ -207,7 +207,7 @@ def test_broken_builtin_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(reg, "BUILTIN_SKILLS", ("hfserve.skills.nope:Skill", "uuid:uuid4"))
     registry = SkillRegistry()
-    assert registry.list() == []
+    assert registry.list_skills() == []
     messages = [e.message for e in registry.errors]
     assert "ModuleNotFoundError" in messages[0]
     assert "is not a skill" in messages[1]
@@ -217,7 +217,7 @@ def test_listing_skills_imports_neither_torch_nor_transformers() -> None:
     code = (
         "import sys\n"
         "from hfserve.skills.registry import SkillRegistry\n"
-        "r = SkillRegistry(); r.list(); r.search('x')\n"
+        "r = SkillRegistry(); r.list_skills(); r.search('x')\n"
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -82,7 +82,7 @@ def _ids(chunks: list[GenerationChunk]) -> list[int]:
 def test_registry_picks_the_skill_from_config(tiny_llava: Path) -> None:
     registry = SkillRegistry()
     assert registry.resolve(str(tiny_llava)).info.name == "image-text-to-text"
-    assert any(i.task == "image-text-to-text" for i in registry.list())
+    assert any(i.task == "image-text-to-text" for i in registry.list_skills())
     assert registry.search(architecture="Qwen2VLForConditionalGeneration")[0].name == (
         "image-text-to-text"
     )

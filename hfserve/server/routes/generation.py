@@ -45,6 +45,7 @@ from hfserve.skills.base import (
     StructuredGenerationModel,
     TokenLogprob,
 )
+from hfserve.skills.limits import check_token_ids
 
 __all__ = ["chat_completions", "completions"]
 
@@ -161,7 +162,6 @@ async def completions(request: Request) -> Response:
             param="prompt",
         )
     model = await load_model(state, request, body.model, GenerationModel, "/v1/completions")  # type: ignore[type-abstract]
-    vocab = getattr(model, "vocab_size", None)
     ids: list[list[int]] = []
     for prompt in prompts:
         if isinstance(prompt, str):
@@ -169,11 +169,7 @@ async def completions(request: Request) -> Response:
             continue
         if not prompt:
             raise InvalidRequestError("prompt token lists must not be empty", param="prompt")
-        if any(t < 0 or (vocab is not None and t >= vocab) for t in prompt):
-            raise InvalidRequestError(
-                f"prompt token ids must be in [0, {vocab if vocab is not None else 'vocab size'})",
-                param="prompt",
-            )
+        check_token_ids(prompt, model.vocab_size, param="prompt", where="prompt ")
         ids.append(prompt)
     plan = await plan_output(body.output(), model)
     job = _make_job(state, "text", body, model, ids, body.max_tokens, started, plan)
