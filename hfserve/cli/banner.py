@@ -29,11 +29,7 @@ Row = tuple[str, str]
 
 def _url_row(settings: Settings) -> Row:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    demo = (
-        ""
-        if settings.models or settings.models_dir
-        else "  [dim](built-in offline demo; random-weights chat model)[/]"
-    )
+    demo = "" if settings.models or settings.models_dir else "  [dim](built-in offline demo)[/]"
     return "URL", f"http://{host}:{settings.port}/v1{demo}"
 
 
@@ -58,15 +54,26 @@ def _model_rows(state: ServerState) -> list[Row]:
     return [("Models" if i == 0 else "", row) for i, row in enumerate(rows or ["none"])]
 
 
+def _hint_rows(settings: Settings, state: ServerState) -> list[Row]:
+    """How to get a demo chat model that answers, when the random-weights one is served."""
+    if settings.models:
+        return []
+    from hfserve.runtime.demo import demo_chat_hint
+
+    hint = demo_chat_hint(list(state.loader.specs))
+    return [("Hint", escape(hint))] if hint else []
+
+
 def banner_rows(settings: Settings, state: ServerState, choice: DeviceChoice) -> list[Row]:
     """The banner's (label, value) rows, values in rich markup: URL, workers, the resolved
-    device and dtype, auth, then each model."""
+    device and dtype, auth, then each model, then a hint when the demo chat is random."""
     return [
         _url_row(settings),
         ("Workers", str(settings.workers)),
         _device_row(choice),
         _auth_row(settings, state.auth_enabled()),
         *_model_rows(state),
+        *_hint_rows(settings, state),
     ]
 
 

@@ -37,7 +37,7 @@ def _config_of(source: str) -> dict[str, Any]:
 
 @models_app.command("inspect")
 def inspect_command(
-    model: Annotated[str, typer.Argument(help="A model folder or Hub id.")],
+    model: Annotated[str, typer.Argument(help="A model folder, GGUF file or Hub id.")],
     task: Annotated[str | None, typer.Option("--task", help="Force a task or skill name.")] = None,
     device: Annotated[
         str, typer.Option("--device", envvar="HFSERVE_DEVICE", help="auto, cpu, cuda[:N], mps.")
@@ -51,21 +51,39 @@ def inspect_command(
     ] = True,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show the skill, device, dtype and estimated memory of a model, then load it to measure."""
+    """Show the skill, device, dtype and estimated memory of a model, then load it to measure.
+
+    For a GGUF file it also shows the architecture and quantization type, read from the file's
+    header without dequantizing anything.
+    """
     from rich.console import Console
 
     from hfserve.hardware import probe
-    from hfserve.runtime.inspection import estimate_memory
+    from hfserve.runtime.inspection import estimate_gguf_memory, estimate_memory
     from hfserve.runtime.sources import check_source
+    from hfserve.skills.gguf_files import find_gguf, read_gguf_info
     from hfserve.skills.registry import SkillRegistry
 
     check_source(model)  # "no such folder: …" or the offline hint, at once
     console = Console(stderr=json_output)
     report = probe(device, dtype)
     choice = report.choice
+    gguf = find_gguf(model)
+    gguf_facts: dict[str, Any] = {}
+    if gguf is not None:
+        info = read_gguf_info(gguf)
+        estimate = estimate_gguf_memory(info, choice.dtype)
+        gguf_facts = {
+            "format": "gguf",
+            "architecture": info.architecture,
+            "quantization": info.quantization,
+            "tensor_types": info.tensor_types,
+            "file_bytes": info.file_bytes,
+        }
     skill = SkillRegistry().resolve(model, task)
-    folder = Path(model) if Path(model).is_dir() else None
-    estimate = estimate_memory(folder, _config_of(model), choice.dtype)
+    if gguf is None:
+        folder = Path(model) if Path(model).is_dir() else None
+        estimate = estimate_memory(folder, _config_of(model), choice.dtype)
     result: dict[str, Any] = {
         "model": model,
         "skill": skill.info.name,
@@ -77,6 +95,7 @@ def inspect_command(
         "parameters": estimate.parameters,
         "estimated_memory_bytes": estimate.bytes,
         "estimate_basis": estimate.method,
+        **gguf_facts,
     }
     if load:
         result.update(_load_and_measure(model, skill, choice.device, choice.dtype, console))
@@ -122,6 +141,11 @@ def _render(result: dict[str, Any], console: Any) -> None:
     table.add_row("endpoints", ", ".join(result["endpoints"]) or "-")
     table.add_row("device", f"[green]{result['device']}[/green] ({result['device_reason']})")
     table.add_row("dtype", result["dtype"])
+    if result.get("format") == "gguf":
+        table.add_row("architecture", f"{result['architecture']} (GGUF)")
+        types = ", ".join(f"{kind} x{n}" for kind, n in result["tensor_types"].items())
+        table.add_row("quantization", f"{result['quantization']} (tensors: {types})")
+        table.add_row("file size", format_bytes(result["file_bytes"]))
     table.add_row("parameters", f"{result['parameters']:,}")
     table.add_row(
         "estimated memory",

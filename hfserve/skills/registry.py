@@ -60,12 +60,22 @@ class ModelFacts:
 def read_model_facts(model_path_or_id: str) -> ModelFacts:
     """Read architectures, model type and sentence-transformers-ness of a folder or Hub id.
 
-    A folder is read directly; anything else is treated as a Hub id and resolved through
+    A GGUF file (or a folder holding one) is read from its header, or from its converted copy;
+    a folder is read directly; anything else is treated as a Hub id and resolved through
     ``transformers.AutoConfig`` (the local Hub cache when offline).
 
     Raises:
         SkillNotFoundError: the folder has no readable ``config.json`` or the id cannot be found.
+        ModelLoadError: a GGUF file is damaged or of an architecture transformers cannot load.
     """
+    from hfserve.skills.gguf_files import find_gguf
+
+    gguf = find_gguf(model_path_or_id)
+    if gguf is not None:
+        from hfserve.skills.gguf_cache import gguf_model_facts
+
+        architectures, model_type = gguf_model_facts(gguf)
+        return ModelFacts(architectures=architectures, model_type=model_type or None)
     folder = Path(model_path_or_id)
     if folder.is_dir():
         config_file = folder / "config.json"

@@ -313,8 +313,9 @@ class TextGenerationSkill:
             "GPT2LMHeadModel",
         ),
         endpoints=("/v1/chat/completions", "/v1/completions"),
-        description="Chat and completions from causal LMs, decoded together with transformers' "
-        "continuous batching; each request keeps its own temperature, top_p, seed and stops.",
+        description="Chat and completions from causal LMs (folders, Hub ids or GGUF files), "
+        "decoded together with transformers' continuous batching; each request keeps its own "
+        "temperature, top_p, seed and stops.",
         version="1",
     )
 
@@ -323,12 +324,24 @@ class TextGenerationSkill:
     ) -> LoadedTextGenerator:
         """Load tokenizer and model onto ``device`` in ``dtype`` (blocking).
 
+        ``model_path`` may also be a GGUF file, or a folder holding one: it is converted once
+        into the cache (``skills.gguf_cache``) and loaded from there.
+
         Raises:
             ModelLoadError: the files cannot be loaded as a causal LM.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from hfserve.skills._torch import torch_dtype
+        from hfserve.skills.gguf_files import find_gguf
+
+        model_id = model_path
+        gguf = find_gguf(model_path)
+        if gguf is not None:
+            from hfserve.skills.gguf_cache import materialize
+
+            # Dequantized once into the cache; this and every later start load that folder.
+            model_path = str(materialize(gguf, dtype))
 
         weights_dtype = torch_dtype(dtype)  # resolved by hardware.choose_device, never "auto"
         trust = options.trust_remote_code
@@ -345,7 +358,7 @@ class TextGenerationSkill:
         model.eval()
         return LoadedTextGenerator(
             info=self.info,
-            model_id=model_path,
+            model_id=model_id,
             device=device,
             dtype=str(model.dtype).removeprefix("torch."),
             model=model,

