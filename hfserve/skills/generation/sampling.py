@@ -15,9 +15,11 @@ captured accelerator graph or a compiled step. The order of operations:
 5. greedy rows (``temperature == 0``) take the argmax here - with no penalties or bias that is
    exactly ``model.generate(do_sample=False)``;
 6. sampled rows: temperature, then top-k, top-p and min-p (transformers' warper order and
-   rules), then Gumbel-max with counter-based noise: ``argmax(logits + Gumbel(u))`` draws from
-   ``softmax(logits)``, and ``u`` is a hash of (seed, position, token id), so a seed gives the
-   same tokens whatever else shares the batch, and no per-row ``torch.Generator`` is needed.
+   rules), then inverse-CDF sampling with counter-based noise: one uniform ``u`` per row, a hash
+   of (seed, position), picks the first token whose cumulative probability reaches ``u``. So a
+   seed gives the same tokens whatever else shares the batch, with no per-row
+   ``torch.Generator``; one number per row is hashed, not one per vocabulary entry (Gumbel-max
+   would need ``rows x vocab`` hashes and two logarithms each).
 
 Logprobs are those of the distribution the model produced: ``log_softmax`` of the raw logits,
 before penalties, bias, grammar and temperature (vLLM's default, "raw" logprobs). So with greedy
@@ -150,8 +152,6 @@ class SamplingTable:
         self.bias_values = torch.zeros((n, LOGIT_BIAS_MAX), dtype=torch.float32, device=dev)
         self.eos_mask = torch.zeros(v, dtype=torch.bool, device=dev)
         self.eos_mask[[i for i in self.eos_ids if 0 <= i < v]] = True
-        # Per-token half of the noise hash, computed once.
-        self.vocab_hash = _mix32(torch.arange(v, dtype=torch.int64, device=dev))
         self._free = list(range(self.rows - 1, -1, -1))
 
     @property
@@ -256,13 +256,23 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 
 def uniform_noise(table: SamplingTable, rows: torch.Tensor) -> torch.Tensor:
-    """Uniform (0, 1) noise per (row, token), a pure function of (seed, position, token id)."""
+    """One uniform (0, 1) number per row, a pure function of the row's (seed, position)."""
     ints = table.ints[rows]
     key = _mix32(ints[:, _SEED_HI] ^ _mix32(ints[:, _PRODUCED] & _M32))
-    key = _mix32(ints[:, _SEED_LO] ^ key)
-    bits = _mix32(key[:, None] ^ table.vocab_hash[None, :])
+    bits = _mix32(ints[:, _SEED_LO] ^ key)
     # 24 bits fill a float32 mantissa; the half step keeps u strictly inside (0, 1).
     return ((bits >> 8).float() + 0.5) * (1.0 / (1 << 24))
+
+
+def _inverse_cdf(scaled: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The token whose cumulative probability first reaches ``u`` (per row)."""
+    import torch
+
+    cdf = scaled.softmax(dim=-1).cumsum(dim=-1)
+    # Scaled by the row's total so float rounding in the cumsum cannot leave u past the end;
+    # a token of probability 0 never starts a cdf step, so it is never picked.
+    target = (u * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, target).squeeze(-1).clamp(max=scaled.size(1) - 1)
 
 
 def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -364,8 +374,8 @@ def sample(
             )
         if plan.min_p:
             scaled = scaled.masked_fill(_below_min_p(scaled, floats[:, _MIN_P]), -math.inf)
-        gumbel = -torch.log(-torch.log(uniform_noise(table, rows)))
-        tokens = torch.where(is_sampled, (scaled + gumbel).argmax(dim=-1), tokens)
+        drawn = _inverse_cdf(scaled, uniform_noise(table, rows))
+        tokens = torch.where(is_sampled, drawn, tokens)
     # Progress, in place on the device: the step counter keys the noise and min_tokens.
     table.ints[:, _PRODUCED].index_add_(0, rows, torch.ones_like(rows))
     if plan.penalties:

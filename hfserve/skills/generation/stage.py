@@ -207,13 +207,23 @@ class SamplingStage:
         allowed = None
         if self._step_grammar or self.static:
             allowed = unpack_bitmask(self._bitmask[:n], scores.size(1))
-        result = sample(scores, index, self.table, self.plan(), allowed)
+        plan = self.plan()
+        neutral = allowed is None and not (
+            plan.sampled or plan.penalties or plan.logit_bias or plan.min_tokens
+        )
+        if neutral and plan.logprobs < 0:
+            # Every row is plain greedy and nothing is reported: transformers' own argmax of the
+            # logits is our choice, so the stage costs nothing (greedy at c=1 stays as fast).
+            return scores
+        result = sample(scores, index, self.table, plan, allowed)
         if result.logprobs is not None:
             parts = [result.logprobs[:, None]]
             if result.top_ids is not None and result.top_logprobs is not None:
                 parts += [result.top_ids, result.top_logprobs]
             packed = torch.cat([p.to(torch.float64) for p in parts], dim=1)
             self._logprobs[:n, : packed.size(1)].copy_(packed)
+        if neutral:
+            return scores
         # transformers' step takes the argmax of what a logits processor returns: a row that is
         # 0 at the chosen token and -inf elsewhere hands it our choice unchanged.
         out = torch.full_like(scores, -math.inf)
@@ -222,9 +232,10 @@ class SamplingStage:
     def collect(self, new_tokens: dict[int, int]) -> dict[int, SlotStep]:
         """After a step: logprobs and grammar progress per slot, for ``{slot: new token}``."""
         logprobs: dict[int, StepLogprobs] = {}
-        top = self.plan().logprobs
-        if top >= 0 and new_tokens:
-            logprobs = self._read_logprobs(top, new_tokens)
+        # Read back only while a live request wants logprobs (the static plan always computes
+        # them); the buffer's layout is that of the plan the step ran.
+        if self.table.plan().logprobs >= 0 and new_tokens:
+            logprobs = self._read_logprobs(self.plan().logprobs, new_tokens)
         steps: dict[int, SlotStep] = {}
         for slot, token in new_tokens.items():
             entry = self._registered.get(slot)
