@@ -117,8 +117,14 @@ def test_another_schema_is_another_cache_entry(api: TestClient) -> None:
     assert first.headers["x-cache"] == "miss" and again.headers["x-cache"] == "hit"
     assert changed.headers["x-cache"] == "miss"
     assert json.loads(changed.json()["choices"][0]["message"]["content"])["color"] == "pink"
-    tools = post(api, CHAT | {"tools": TOOLS, "tool_choice": "required", "max_tokens": 40})
-    assert tools.headers["x-cache"] == "miss"
+    forced = CHAT | {"tools": TOOLS, "tool_choice": "required", "max_tokens": 120, "seed": 1}
+    tools = post(api, forced | {"temperature": 1})
+    assert "x-cache" not in tools.headers
+    greedy = forced | {"parallel_tool_calls": False}
+    miss, hit = post(api, greedy), post(api, greedy)
+    assert (miss.headers["x-cache"], hit.headers["x-cache"]) == ("miss", "hit")
+    ids = [m.json()["choices"][0]["message"]["tool_calls"][0]["id"] for m in (miss, hit)]
+    assert ids[0] != ids[1], "a cached answer's tool calls get fresh ids"
 
 
 def _check_calls(message: dict[str, Any]) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from hfserve.errors import HfServeError, InvalidRequestError
-from hfserve.server.chat_output import ChoiceStream, OutputPlan, plan_output
+from hfserve.server.chat_output import ChoiceStream, OutputPlan, new_call_id, plan_output
 from hfserve.server.errors import error_body, status_for
 from hfserve.server.requests import (
     cached_json,
@@ -245,6 +245,10 @@ async def _respond(request: Request, state: ServerState, job: _Job) -> Response:
 
 def _refresh(payload: dict[str, Any]) -> dict[str, Any]:
     prefix = "chatcmpl-" if payload.get("object") == "chat.completion" else "cmpl-"
+    for choice in payload.get("choices", ()):
+        # A cached answer's tool calls get new ids too: clients key tool results by them.
+        for call in (choice.get("message") or {}).get("tool_calls") or ():
+            call["id"] = new_call_id()
     return payload | {"id": prefix + uuid.uuid4().hex, "created": now_ts()}
 
 
