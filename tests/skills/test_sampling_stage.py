@@ -74,10 +74,18 @@ def test_stage_collect_reports_grammar_progress_and_logprobs(
     assert len(steps[0].logprobs.top) == 2
     assert steps[1] == SlotStep(None, False, "boom")
     assert 2 not in steps
+    monkeypatch.undo()
+    # Grammar rows are live but none is in this step: every row of the mask stays allowed.
+    stage.prepare([2])
+    assert not stage._step_grammar
     stage.forget(0)
     stage.forget(1)
+    stage.forget(9)  # never got a row
     stage.prepare([2])
     assert stage.table.plan().logprobs == -1
+    stage.forget(2)
+    stage.prepare([])
+    assert stage.table.plan() == type(stage.table.plan())()
     assert stage.memory_bytes() > 0
 
 

@@ -50,8 +50,13 @@ from hfserve.errors import (
     ShuttingDownError,
 )
 from hfserve.skills.base import FinishReason, GenerationRequest, RuntimeOptions
-from hfserve.skills.generation.sampling import LOGIT_BIAS_MAX, LOGPROBS_MAX, SamplingParams
-from hfserve.skills.generation.stage import SamplingStage, SlotStep, StepLogprobs
+from hfserve.skills.generation.stage import (
+    SamplingStage,
+    SlotStep,
+    StepLogprobs,
+    check_sampling,
+    params_of,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -401,7 +406,8 @@ class GenerationEngine:
                 f" exceeds the model's context of {self._max_context} tokens",
                 param="max_tokens",
             )
-        _check_sampling(request, self._vocab_size)
+        # Bias ids index the logits, which can be narrower or wider than the input vocabulary.
+        check_sampling(request, self._stage.vocab_size if self._stage else self._vocab_size)
 
     def submit(self, request: GenerationRequest) -> TokenStream:
         """Queue a generation; its tokens arrive on the returned stream.
@@ -425,7 +431,7 @@ class GenerationEngine:
         request_id = f"hfs-{slot}"
         seed = request.seed if request.seed is not None else secrets.randbits(63)
         assert self._stage is not None  # set with the manager
-        self._stage.register(slot, _params(request, seed), request.prompt_ids, request.grammar)
+        self._stage.register(slot, params_of(request, seed), request.prompt_ids, request.grammar)
         entry = _Entry(
             slot=slot,
             ignore_eos=request.ignore_eos,
@@ -545,54 +551,3 @@ def _take(entry: _Entry, n: int) -> list[StepLogprobs] | None:
         return None
     out, entry.logprobs = entry.logprobs[:n], []
     return out
-
-
-def _params(request: GenerationRequest, seed: int) -> SamplingParams:
-    """The sampling stage's view of a request."""
-    return SamplingParams(
-        temperature=request.temperature,
-        top_p=request.top_p,
-        top_k=request.top_k,
-        min_p=request.min_p,
-        presence_penalty=request.presence_penalty,
-        frequency_penalty=request.frequency_penalty,
-        repetition_penalty=request.repetition_penalty,
-        logit_bias=tuple(sorted(request.logit_bias.items())),
-        min_tokens=0 if request.ignore_eos else request.min_tokens,
-        seed=seed,
-        logprobs=request.logprobs,
-    )
-
-
-def _check_sampling(request: GenerationRequest, vocab_size: int) -> None:
-    """Refuse parameters the sampling stage cannot honour, naming the API field."""
-    checks: list[tuple[bool, str, str]] = [
-        (request.temperature >= 0, "temperature must be >= 0", "temperature"),
-        (0 < request.top_p <= 1, "top_p must be in (0, 1]", "top_p"),
-        (request.top_k >= 0, "top_k must be >= 0 (0 turns it off)", "top_k"),
-        (0 <= request.min_p <= 1, "min_p must be in [0, 1]", "min_p"),
-        (request.repetition_penalty > 0, "repetition_penalty must be > 0", "repetition_penalty"),
-        (
-            request.logprobs is None or 0 <= request.logprobs <= LOGPROBS_MAX,
-            f"logprobs must be in [0, {LOGPROBS_MAX}]",
-            "top_logprobs",
-        ),
-        (
-            len(request.logit_bias) <= LOGIT_BIAS_MAX,
-            f"logit_bias takes at most {LOGIT_BIAS_MAX} tokens",
-            "logit_bias",
-        ),
-        (
-            all(0 <= i < vocab_size for i in request.logit_bias),
-            f"logit_bias token ids must be in [0, {vocab_size})",
-            "logit_bias",
-        ),
-    ]
-    for ok, message, param in checks:
-        if not ok:
-            raise InvalidRequestError(message, param=param)
-    grammar = request.grammar
-    if grammar is not None and grammar.is_error():
-        raise InvalidRequestError(
-            f"the grammar is invalid: {grammar.get_error()}", param="response_format"
-        )

@@ -10,6 +10,9 @@ drives the decoding steps (transformers' manager thread), in three calls per ste
 - :meth:`SamplingStage.collect` (after the step, with the tokens on the host): reads the
   logprobs back and advances each grammar by its request's new token.
 
+:func:`params_of` and :func:`check_sampling` turn a ``GenerationRequest`` into the stage's
+parameters and refuse what it cannot honour (a 400 naming the API field).
+
 Requests are registered and forgotten from the event loop; those calls only touch a dict and a
 deque (atomic under the GIL), and the table itself is written on the stepping thread between
 steps, so a row is never reused while a step still reads it.
@@ -22,7 +25,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hfserve.errors import InvalidRequestError
+from hfserve.skills.base import GenerationRequest
 from hfserve.skills.generation.sampling import (
+    LOGIT_BIAS_MAX,
     LOGPROBS_MAX,
     SamplingParams,
     SamplingTable,
@@ -34,7 +40,7 @@ from hfserve.skills.generation.sampling import (
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["SamplingStage", "SlotStep", "StepLogprobs"]
+__all__ = ["SamplingStage", "SlotStep", "StepLogprobs", "check_sampling", "params_of"]
 
 
 @dataclass(frozen=True)
@@ -163,7 +169,7 @@ class SamplingStage:
         self._step_grammar = False
         if self._grammar_rows or self.static:
             self._fill_bitmask(slots)
-        if self.device.type != "cpu":
+        if self.device.type != "cpu":  # pragma: no cover - accelerators only
             # Rows and masks were written on the current stream; the step may run on another
             # (transformers' compute stream, or a graph replay), so let those writes land first.
             torch.accelerator.synchronize(self.device)
@@ -269,3 +275,54 @@ class SamplingStage:
                 row[0], tuple((int(row[1 + i]), row[1 + k + i]) for i in range(n))
             )
         return out
+
+
+def params_of(request: GenerationRequest, seed: int) -> SamplingParams:
+    """The sampling stage's view of a request."""
+    return SamplingParams(
+        temperature=request.temperature,
+        top_p=request.top_p,
+        top_k=request.top_k,
+        min_p=request.min_p,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        repetition_penalty=request.repetition_penalty,
+        logit_bias=tuple(sorted(request.logit_bias.items())),
+        min_tokens=0 if request.ignore_eos else request.min_tokens,
+        seed=seed,
+        logprobs=request.logprobs,
+    )
+
+
+def check_sampling(request: GenerationRequest, vocab_size: int) -> None:
+    """Refuse parameters the sampling stage cannot honour, naming the API field."""
+    checks: list[tuple[bool, str, str]] = [
+        (request.temperature >= 0, "temperature must be >= 0", "temperature"),
+        (0 < request.top_p <= 1, "top_p must be in (0, 1]", "top_p"),
+        (request.top_k >= 0, "top_k must be >= 0 (0 turns it off)", "top_k"),
+        (0 <= request.min_p <= 1, "min_p must be in [0, 1]", "min_p"),
+        (request.repetition_penalty > 0, "repetition_penalty must be > 0", "repetition_penalty"),
+        (
+            request.logprobs is None or 0 <= request.logprobs <= LOGPROBS_MAX,
+            f"logprobs must be in [0, {LOGPROBS_MAX}]",
+            "top_logprobs",
+        ),
+        (
+            len(request.logit_bias) <= LOGIT_BIAS_MAX,
+            f"logit_bias takes at most {LOGIT_BIAS_MAX} tokens",
+            "logit_bias",
+        ),
+        (
+            all(0 <= i < vocab_size for i in request.logit_bias),
+            f"logit_bias token ids must be in [0, {vocab_size})",
+            "logit_bias",
+        ),
+    ]
+    for ok, message, param in checks:
+        if not ok:
+            raise InvalidRequestError(message, param=param)
+    grammar = request.grammar
+    if grammar is not None and grammar.is_error():
+        raise InvalidRequestError(
+            f"the grammar is invalid: {grammar.get_error()}", param="response_format"
+        )
