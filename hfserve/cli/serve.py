@@ -90,11 +90,25 @@ def serve_command(
     redis_url: str = typer.Option(
         None, help="Redis URL for state shared across replicas.", show_default=False
     ),
+    allow_remote_media: bool = typer.Option(
+        None,
+        "--allow-remote-media/--no-allow-remote-media",
+        help="Fetch http(s) image URLs in chat (public addresses only).  [default: off]",
+        show_default=False,
+    ),
+    max_images_per_request: int = typer.Option(
+        None, help="Most images in one chat request.  [default: 8]", show_default=False
+    ),
     grace_period: float = typer.Option(
         None, help="Seconds in-flight requests get on SIGTERM.  [default: 30]", show_default=False
     ),
     log_level: str = typer.Option(
         None, help="critical, error, warning, info or debug.  [default: info]", show_default=False
+    ),
+    log_format: str = typer.Option(
+        None,
+        help="text, or json (one object per line, for log pipelines).  [default: text]",
+        show_default=False,
     ),
     config: Path = typer.Option(
         None, "--config", "-c", help="hfserve.toml config file.", show_default=False
@@ -121,8 +135,11 @@ def serve_command(
         response_cache=response_cache,
         torch_threads=torch_threads,
         redis_url=redis_url,
+        allow_remote_media=allow_remote_media,
+        max_images_per_request=max_images_per_request,
         grace_period=grace_period,
         log_level=log_level,
+        log_format=log_format,
     )
     run_server(settings)
 
@@ -165,44 +182,24 @@ def _is_loopback(host: str) -> bool:
 def run_server(settings: Settings) -> None:
     """Build the app and run it until SIGTERM/SIGINT, draining gracefully."""
     import uvicorn
-    from rich.console import Console
-    from rich.panel import Panel
 
+    from hfserve.cli.banner import print_banner
+    from hfserve.hardware import probe
+    from hfserve.logs import configure_logging
     from hfserve.server.app import create_app
     from hfserve.server.lifecycle import DrainingServer
 
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    apply_torch_threads(settings)
+    apply_torch_threads(settings)  # before anything imports torch
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     state: ServerState = app.state.hfserve
-    console = Console(stderr=True)
-    auth = state.auth_enabled()
-    if not auth and not _is_loopback(settings.host):
-        console.print(
-            f"[bold yellow]warning:[/] serving on {settings.host} without API keys: anyone who can "
-            "reach this port can use it. Create a key with `hfserve keys create` or bind 127.0.0.1."
+    if not state.auth_enabled() and not _is_loopback(settings.host):
+        log.warning(
+            "serving on %s without API keys: anyone who can reach this port can use it. "
+            "Create a key with `hfserve keys create` or bind 127.0.0.1.",
+            settings.host,
         )
-    specs = state.loader.specs
-    lines = [f"[bold]{alias}[/]  {spec.source}" for alias, spec in specs.items()]
-    demo = "" if settings.models else "  [dim](built-in offline demo; random-weights chat model)[/]"
-    console.print(
-        Panel(
-            "\n".join(
-                [
-                    f"URL      http://{settings.host}:{settings.port}/v1{demo}",
-                    f"Workers  {settings.workers}",
-                    f"Device   {settings.device} / {settings.dtype}",
-                    f"Auth     {'on (API keys from ' + str(settings.keys_file) + ')' if auth else 'off'}",
-                    "Models   " + ("\n         ".join(lines) if lines else "none"),
-                ]
-            ),
-            title="hfserve",
-            expand=False,
-        )
-    )
+    print_banner(settings, state, probe(settings.device, settings.dtype).choice)
     # Our own drain (DrainingServer) has already waited up to the grace period when uvicorn
     # starts its shutdown, so uvicorn's own wait is short.
     options: dict[str, Any] = {

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Protocol
 
+from hfserve.core.batcher import BatchObserver
 from hfserve.core.breaker import CircuitBreaker
 from hfserve.core.clock import Clock, MonotonicClock
 from hfserve.core.model_cache import ModelCache
@@ -51,8 +52,10 @@ class LoaderObserver(Protocol):
         ...
 
 
-def runtime_options_from(settings: Settings) -> RuntimeOptions:
-    """The batching and concurrency options of ``settings``."""
+def runtime_options_from(
+    settings: Settings, *, batch_observer: BatchObserver | None = None
+) -> RuntimeOptions:
+    """The batching and concurrency options of ``settings`` (the one place they are copied)."""
     return RuntimeOptions(
         max_batch_size=settings.max_batch_size,
         max_batch_tokens=settings.max_batch_tokens,
@@ -60,6 +63,7 @@ def runtime_options_from(settings: Settings) -> RuntimeOptions:
         max_queue=settings.max_queue,
         max_concurrent_generations=settings.max_concurrent_generations,
         trust_remote_code=settings.trust_remote_code,
+        batch_observer=batch_observer,
     )
 
 
@@ -160,6 +164,14 @@ class ModelLoader:
         for alias, template in templates.items():
             by_alias[alias] = dataclasses.replace(by_alias[alias], chat_template=template)
         return by_alias
+
+    def skill_name(self, spec: ModelSpec) -> str | None:
+        """The name of the skill that will serve ``spec``, or ``None`` when it cannot be told
+        before loading (a Hub id not downloaded yet, a folder the demo builds on first load)."""
+        try:
+            return self._registry.resolve(spec.source, spec.task).info.name
+        except HfServeError:
+            return None
 
     # --- state -----------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ __all__ = [
     "ClassificationRequest",
     "CompletionRequest",
     "EmbeddingRequest",
+    "ImagePart",
     "parse_body",
 ]
 
@@ -101,12 +102,34 @@ class AssistantToolCall(BaseModel):
         }
 
 
+class ImageURL(BaseModel):
+    """``image_url`` of an image part: a ``data:`` URL, or ``http(s)`` with remote media on.
+
+    ``detail`` is accepted for compatibility; the model's image processor sets the resolution.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    url: StrictStr = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(BaseModel):
+    """One image part of a multi-part message content (image-text-to-text models)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
 class ChatMessage(BaseModel):
     """One chat message."""
 
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: StrictStr | list[TextPart] | None = None
+    content: StrictStr | list[ContentPart] | None = None
     name: StrictStr | None = None
     tool_calls: list[AssistantToolCall] | None = None
     tool_call_id: StrictStr | None = None
@@ -114,12 +137,12 @@ class ChatMessage(BaseModel):
     function_call: CalledFunction | None = None
 
     def text(self) -> str:
-        """The message text (parts joined)."""
+        """The message text (text parts joined; image parts are read by ``server.media``)."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text for part in self.content if isinstance(part, TextPart))
 
     def to_template(self) -> dict[str, Any]:
         """The message as the chat template reads it (legacy function roles mapped to tools)."""
@@ -402,7 +425,10 @@ def parse_body(schema: type[T], data: Any) -> T:
     try:
         body = schema.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
+        # The deepest error is the most specific: for a union (message content: a string or a
+        # list of parts) it is the one inside the member that came closest, not "not a string".
+        errors = exc.errors(include_url=False)
+        first = max(errors, key=lambda error: len(error["loc"]))
         param = _param_path(first["loc"])
         raise InvalidRequestError(
             f"invalid value for {param or 'body'}: {first['msg']}", param=param

@@ -43,11 +43,7 @@ class ServerState:
     models_listing: tuple[object, bytes] | None = None
     # Extra readiness dependencies (Redis): details for /ready and whether they block it.
     extra_ready_checks: Callable[[], Awaitable[ReadyReport]] | None = None
-    _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        self._idle.set()
 
     # --- auth and limits --------------------------------------------------------------------
     def auth_enabled(self) -> bool:
@@ -79,13 +75,10 @@ class ServerState:
         # The in-flight gauge is set when metrics are read (refresh_gauges), not here: two
         # gauge writes per request would be a measurable share of a cheap request's cost.
         self.in_flight += 1
-        self._idle.clear()
 
     def request_finished(self) -> None:
         """A request in flight has ended."""
         self.in_flight -= 1
-        if self.in_flight <= 0:
-            self._idle.set()
 
     def begin_drain(self) -> None:
         """Turn readiness off and refuse new requests; in-flight ones continue."""
@@ -94,10 +87,6 @@ class ServerState:
                 "draining: /ready is 503, new requests are refused, %d in flight", self.in_flight
             )
         self.draining = True
-
-    async def wait_idle(self) -> None:
-        """Wait until no request is in flight (callers bound it with ``asyncio.timeout``)."""
-        await self._idle.wait()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a background task, keeping a strong reference until it ends."""

@@ -17,6 +17,7 @@ __all__ = [
     "TASK_CLASSIFICATION",
     "TASK_EMBEDDINGS",
     "TASK_GENERATION",
+    "TASK_IMAGE_TEXT_TO_TEXT",
     "ClassificationModel",
     "ClassificationResult",
     "EmbeddingModel",
@@ -27,6 +28,8 @@ __all__ = [
     "Grammar",
     "LabelScore",
     "LoadedModel",
+    "MultimodalGenerationModel",
+    "PreparedPrompt",
     "RuntimeOptions",
     "Skill",
     "SkillInfo",
@@ -37,6 +40,7 @@ __all__ = [
 TASK_GENERATION = "text-generation"
 TASK_EMBEDDINGS = "embeddings"
 TASK_CLASSIFICATION = "text-classification"
+TASK_IMAGE_TEXT_TO_TEXT = "image-text-to-text"
 
 FinishReason = Literal["stop", "length"]
 
@@ -105,7 +109,9 @@ class LoadedModel(Protocol):
 
     @property
     def max_input_tokens(self) -> int:
-        """The longest input (in tokens) the model accepts."""
+        """The longest input (in tokens) the model accepts: its context length for generation
+        (prompt plus completion), the longest embedded or classified input otherwise. Always a
+        real number: ``skills.limits.declared_limit`` drops the "no limit" sentinels."""
         ...
 
     def memory_bytes(self) -> int:
@@ -137,6 +143,11 @@ class EmbeddingResult:
 @runtime_checkable
 class EmbeddingModel(LoadedModel, Protocol):
     """A loaded model that serves ``/v1/embeddings``."""
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids an input may use are in ``[0, vocab_size)`` (see ``skills.limits``)."""
+        ...
 
     async def embed(self, inputs: Sequence[str | Sequence[int]]) -> EmbeddingResult:
         """Embed each input (text or token ids); inputs are micro-batched with other callers."""
@@ -201,6 +212,9 @@ class GenerationRequest:
     logit_bias: Mapping[int, float] = field(default_factory=dict)
     logprobs: int | None = None
     grammar: Any | None = None
+    # Model inputs besides the token ids (pixel values, image sizes) from
+    # ``MultimodalGenerationModel.prepare_chat``; only that model's ``generate`` reads them.
+    media: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -251,12 +265,38 @@ class GenerationModel(LoadedModel, Protocol):
         ...
 
     @property
+    def vocab_size(self) -> int:
+        """Prompt token ids must be in ``[0, vocab_size)`` (see ``skills.limits``)."""
+        ...
+
+    @property
     def active_generations(self) -> int:
         """Generations currently being decoded or queued."""
         ...
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         """Stream the generation; closing/cancelling the iterator cancels the request."""
+        ...
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A chat rendered by a multimodal processor: token ids (image tokens expanded) and the
+    extra model inputs (``pixel_values`` ...) that go with them."""
+
+    prompt_ids: list[int]
+    media: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class MultimodalGenerationModel(GenerationModel, Protocol):
+    """A generation model that also reads images in chat messages."""
+
+    def prepare_chat(
+        self, messages: Sequence[Mapping[str, Any]], images: Sequence[Any]
+    ) -> PreparedPrompt:
+        """Render ``messages`` (content parts ``{"type": "image"}`` in order of ``images``,
+        Pillow images) into prompt ids and model inputs (blocking: run it off the loop)."""
         ...
 
 
@@ -280,5 +320,9 @@ class Skill(Protocol):
     def load(
         self, model_path: str, device: str, dtype: str, options: RuntimeOptions
     ) -> LoadedModel:
-        """Load ``model_path`` onto ``device`` in ``dtype`` (blocking; runs in a worker thread)."""
+        """Load ``model_path`` onto ``device`` in ``dtype`` (blocking; runs in a worker thread).
+
+        ``dtype`` is already resolved (``float32``, ``float16`` or ``bfloat16``, never ``auto``):
+        ``hardware.choose_device`` is the one dtype policy.
+        """
         ...

@@ -22,15 +22,13 @@ from hfserve.skills.base import (
     SkillInfo,
     TokenLogprob,
 )
+from hfserve.skills.limits import declared_limit
 
 if TYPE_CHECKING:
     from hfserve.skills.generation.grammar import CompiledGrammar
     from hfserve.skills.generation.stage import StepLogprobs
 
 __all__ = ["LoadedTextGenerator", "TextGenerationSkill"]
-
-# Transformers' sentinel for "no limit" is ~1e30; anything this large is not a real limit.
-_NO_LIMIT = 1_000_000_000
 
 
 class _Detokenizer:
@@ -123,6 +121,8 @@ class LoadedTextGenerator:
         self._model = model
         self._tokenizer = tokenizer
         self._max_context = _context_length(model, tokenizer)
+        # The embedding table's rows, not len(tokenizer): an id past them cannot be embedded.
+        self._vocab_size = int(model.get_input_embeddings().num_embeddings)
         self.engine = GenerationEngine(
             model,
             eos_token_ids=_eos_ids(model, tokenizer),
@@ -332,11 +332,7 @@ class TextGenerationSkill:
 
         from hfserve.skills._torch import torch_dtype
 
-        if dtype == "auto":
-            # Checkpoint dtype on accelerators; float32 on CPU, where half precision is slow.
-            weights_dtype: Any = torch_dtype("float32") if device == "cpu" else "auto"
-        else:
-            weights_dtype = torch_dtype(dtype)
+        weights_dtype = torch_dtype(dtype)  # resolved by hardware.choose_device, never "auto"
         trust = options.trust_remote_code
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust)
@@ -363,17 +359,13 @@ class TextGenerationSkill:
 def _context_length(model: Any, tokenizer: Any) -> int:
     """The model's context: config positions, bounded by the tokenizer's own limit."""
     config = model.config.get_text_config()
-    limits = [
-        int(v)
-        for v in (
-            getattr(config, "max_position_embeddings", None),
-            getattr(tokenizer, "model_max_length", None),
-        )
-        if isinstance(v, int | float) and 0 < v < _NO_LIMIT
-    ]
-    if not limits:
+    limit = declared_limit(
+        getattr(config, "max_position_embeddings", None),
+        getattr(tokenizer, "model_max_length", None),
+    )
+    if limit is None:
         raise ModelLoadError("the model declares no context length (max_position_embeddings)")
-    return min(limits)
+    return limit
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,6 +23,7 @@ from starlette.responses import Response, StreamingResponse
 from hfserve.errors import HfServeError, InvalidRequestError
 from hfserve.server.chat_output import ChoiceStream, OutputPlan, new_call_id, plan_output
 from hfserve.server.errors import error_body, status_for
+from hfserve.server.media import load_chat_inputs, refuse_images
 from hfserve.server.requests import (
     cached_json,
     charge_tokens,
@@ -39,9 +41,11 @@ from hfserve.skills.base import (
     GenerationChunk,
     GenerationModel,
     GenerationRequest,
+    MultimodalGenerationModel,
     StructuredGenerationModel,
     TokenLogprob,
 )
+from hfserve.skills.limits import check_token_ids
 
 __all__ = ["chat_completions", "completions"]
 
@@ -71,6 +75,8 @@ class _Job:
     max_new_tokens: int
     started: float
     plan: OutputPlan
+    # Extra model inputs (pixel values) of a multimodal chat, shared by its ``n`` choices.
+    media: Mapping[str, Any] | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -109,6 +115,7 @@ class _Job:
                             logit_bias=body.token_bias(),
                             logprobs=body.logprobs_count(),
                             grammar=self.plan.matcher(),
+                            media=self.media,
                         ),
                     )
                 )
@@ -122,16 +129,28 @@ async def chat_completions(request: Request) -> Response:
     body = parse_body(ChatCompletionRequest, await read_json(request))
     model = await load_model(state, request, body.model, GenerationModel, "/v1/chat/completions")  # type: ignore[type-abstract]
     output = body.output()
-    messages = [m.to_template() for m in body.messages]
-    if output.tools is None:
-        prompt = model.render_chat(messages)
-    elif isinstance(model, StructuredGenerationModel):
-        prompt = model.render_chat(messages, tools=output.tools)
+    media = None
+    if isinstance(model, MultimodalGenerationModel):
+        if output.tools is not None:
+            raise InvalidRequestError(
+                "tools are not supported for image-text-to-text models yet", param="tools"
+            )
+        inputs = await load_chat_inputs(body.messages, state.settings)
+        prepared = await asyncio.to_thread(model.prepare_chat, inputs.messages, inputs.images)
+        prompt_ids, media = prepared.prompt_ids, prepared.media
     else:
-        raise InvalidRequestError("this model does not support tools", param="tools")
-    prompt_ids = model.encode(prompt)
+        refuse_images(body.messages, body.model)
+        messages = [m.to_template() for m in body.messages]
+        if output.tools is None:
+            prompt = model.render_chat(messages)
+        elif isinstance(model, StructuredGenerationModel):
+            prompt = model.render_chat(messages, tools=output.tools)
+        else:
+            raise InvalidRequestError("this model does not support tools", param="tools")
+        prompt_ids = model.encode(prompt)
     plan = await plan_output(output, model)
     job = _make_job(state, "chat", body, model, [prompt_ids], body.max_new_tokens(), started, plan)
+    job = dataclasses.replace(job, media=media)
     return await _respond(request, state, job)
 
 
@@ -147,7 +166,6 @@ async def completions(request: Request) -> Response:
             param="prompt",
         )
     model = await load_model(state, request, body.model, GenerationModel, "/v1/completions")  # type: ignore[type-abstract]
-    vocab = getattr(model, "vocab_size", None)
     ids: list[list[int]] = []
     for prompt in prompts:
         if isinstance(prompt, str):
@@ -155,15 +173,35 @@ async def completions(request: Request) -> Response:
             continue
         if not prompt:
             raise InvalidRequestError("prompt token lists must not be empty", param="prompt")
-        if any(t < 0 or (vocab is not None and t >= vocab) for t in prompt):
-            raise InvalidRequestError(
-                f"prompt token ids must be in [0, {vocab if vocab is not None else 'vocab size'})",
-                param="prompt",
-            )
+        check_token_ids(prompt, model.vocab_size, param="prompt", where="prompt ")
         ids.append(prompt)
     plan = await plan_output(body.output(), model)
     job = _make_job(state, "text", body, model, ids, body.max_tokens, started, plan)
     return await _respond(request, state, job)
+
+
+# Image-text-to-text models run on the batched generate path (transformers' continuous batching
+# takes no pixel inputs), which has temperature, top_p, seed, stops and lengths but not the
+# tensor sampling stage's extras: refuse them rather than ignore them.
+_GENERATE_PATH_UNSUPPORTED = (
+    "logprobs",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "logit_bias",
+    "top_k",
+    "min_p",
+)
+
+
+def _refuse_unsupported_on_generate_path(body: _Sampling) -> None:
+    for name in _GENERATE_PATH_UNSUPPORTED:
+        value = getattr(body, name, None)
+        if value not in (None, False, 0, {}) and not (name == "repetition_penalty" and value == 1):
+            raise InvalidRequestError(
+                f"{name} is not supported for image-text-to-text models yet", param=name
+            )
 
 
 def _make_job(
@@ -176,6 +214,8 @@ def _make_job(
     started: float,
     plan: OutputPlan,
 ) -> _Job:
+    if isinstance(model, MultimodalGenerationModel):
+        _refuse_unsupported_on_generate_path(body)
     vocab = getattr(model, "vocab_size", None)
     if vocab is not None and any(i >= vocab for i in body.token_bias()):
         raise InvalidRequestError(
