@@ -153,6 +153,7 @@ class _Structured:
     model_id = device = dtype = "x"
     max_input_tokens = 10
     active_generations = 0
+    vocab_size = 100
     tool_format = "hermes"
 
     def __init__(self) -> None:
