@@ -65,6 +65,7 @@ class LoadedVisionGenerator:
         self._tokenizer = processor.tokenizer
         self._max_context = _context_length(model, self._tokenizer)
         eos = _eos_ids(model, self._tokenizer)
+        self._vocab_size = int(model.get_input_embeddings().num_embeddings)
         pad = self._tokenizer.pad_token_id
         self.engine = BatchedGenerateEngine(
             model,
@@ -72,7 +73,7 @@ class LoadedVisionGenerator:
             pad_token_id=int(pad if pad is not None else (eos[0] if eos else 0)),
             options=options,
             max_context=self._max_context,
-            vocab_size=int(model.get_input_embeddings().num_embeddings),
+            vocab_size=self._vocab_size,
         )
         self._weights_bytes = _weights_bytes(model)
 
@@ -80,6 +81,11 @@ class LoadedVisionGenerator:
     def max_input_tokens(self) -> int:
         """The model's context length (prompt, image tokens included, plus generation)."""
         return self._max_context
+
+    @property
+    def vocab_size(self) -> int:
+        """Prompt token ids must be below the embedding table's rows."""
+        return self._vocab_size
 
     @property
     def active_generations(self) -> int:
