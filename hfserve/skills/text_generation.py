@@ -128,7 +128,8 @@ class LoadedTextGenerator:
             max_context=self._max_context,
         )
         self._weights_bytes = _weights_bytes(model)
-        self._vocab_size = logits_width(model)
+        # The grammar masks must be as wide as the logits (which may differ from the embeddings).
+        self._logits_width = logits_width(model)
         self._pieces = TokenPieces(tokenizer)
         self._ll_lock = threading.Lock()
         self._ll: Any = None
@@ -153,7 +154,7 @@ class LoadedTextGenerator:
                 try:
                     self._ll = llguidance.hf.from_tokenizer(
                         self._tokenizer,
-                        n_vocab=self._vocab_size,
+                        n_vocab=self._logits_width,
                         eos_token=list(self.engine.eos_token_ids) or None,
                     )
                 except ValueError as exc:

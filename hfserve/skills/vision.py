@@ -67,6 +67,7 @@ class LoadedVisionGenerator:
         # The embedding table's rows: a prompt id past them cannot be embedded.
         self._vocab_size = int(model.get_input_embeddings().num_embeddings)
         eos = _eos_ids(model, self._tokenizer)
+        self._vocab_size = int(model.get_input_embeddings().num_embeddings)
         pad = self._tokenizer.pad_token_id
         self.engine = BatchedGenerateEngine(
             model,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from hfserve.core.keystore import KeyStore
 from tests.fixtures.plugins import install_offline
+from tests.fixtures.tiny_models import HERMES_TOOLS_TEMPLATE
 from tests.integration.conftest import StartServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -135,3 +137,29 @@ def test_custom_skill_serves_its_example_model(
     assert [d["label"] for d in data] == ["positive", "negative"]
     assert data[0]["score"] > 0.5
     assert response.json()["usage"]["prompt_tokens"] == 9
+
+
+def test_structured_output_example(start_server: StartServer) -> None:
+    server = start_server()
+    env = {"HFSERVE_BASE_URL": server.url + "/v1", "HFSERVE_CHAT_MODEL": "tiny-llama"}
+    out = _run([sys.executable, str(EXAMPLES / "structured_output.py")], env).stdout
+
+    parsed = re.search(r"parsed: mood=(\w+) recommended=(True|False)", out)
+    assert parsed is not None and parsed.group(1) in {"happy", "sad", "neutral"}, out
+    streamed = re.search(r"streamed JSON: (.*)", out)
+    assert streamed is not None
+    assert streamed.group(1) == str(
+        {"mood": parsed.group(1), "recommended": parsed.group(2) == "True"}
+    )
+
+
+def test_tool_calls_example(start_server: StartServer) -> None:
+    server = start_server("--chat-template", f"tiny-llama={HERMES_TOOLS_TEMPLATE}")
+    env = {"HFSERVE_BASE_URL": server.url + "/v1", "HFSERVE_CHAT_MODEL": "tiny-llama"}
+    out = _run([sys.executable, str(EXAMPLES / "tool_calls.py")], env).stdout
+
+    assert "finish_reason: tool_calls" in out
+    call = re.search(r"tool call: get_weather\((.*)\) id=call_\w+", out)
+    assert call is not None, out
+    assert set(json.loads(call.group(1))) == {"unit", "tomorrow"}
+    assert "final answer: " in out

@@ -475,3 +475,46 @@ async def test_idle_sweeper_unloads_without_requests(tmp_path: Path) -> None:
         await sweeper
     off, _ = _loader(FakeSkill(), models_dir=folder)
     await off.sweep_idle()  # no TTL: returns at once
+
+
+class TemplateSkill(FakeSkill):
+    """Records the chat template each load was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.templates: list[str | None] = []
+
+    def load(self, model_path: str, device: str, dtype: str, options: RuntimeOptions) -> FakeModel:
+        self.templates.append(options.chat_template)
+        return super().load(model_path, device, dtype, options)
+
+
+async def test_a_chat_template_file_reaches_its_model_only(tmp_path: Path) -> None:
+    template = tmp_path / "tools.jinja"
+    template.write_text("{{ tools }}", encoding="utf-8")
+    skill = TemplateSkill()
+    a, b = _model(tmp_path, "a", 1), _model(tmp_path, "b", 1)
+    loader, _ = _loader(skill, models=[a, b], chat_templates=[f"a = {template}"])
+    assert loader.specs["a"].chat_template == template and loader.specs["b"].chat_template is None
+    await loader.get("a")
+    await loader.get("b")
+    assert skill.templates == ["{{ tools }}", None]
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [("a", "use ALIAS=FILE"), ("=x", "use ALIAS=FILE"), ("c=x", "not served"), ("a=x,a=y", "two")],
+)
+def test_bad_chat_template_items_are_config_errors(tmp_path: Path, item: str, message: str) -> None:
+    loader, _ = _loader(FakeSkill(), models=[_model(tmp_path, "a", 1)], chat_templates=item)
+    with pytest.raises(ConfigError, match=message):
+        _ = loader.specs
+
+
+async def test_an_unreadable_chat_template_fails_the_load(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.jinja"
+    loader, _ = _loader(
+        FakeSkill(), models=[_model(tmp_path, "a", 1)], chat_templates=[f"a={missing}"]
+    )
+    with pytest.raises(ModelLoadError, match="cannot read the chat template of 'a'"):
+        await loader.get("a")

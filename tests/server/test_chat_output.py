@@ -154,6 +154,7 @@ class _Structured:
     max_input_tokens = 10
     vocab_size = 10
     active_generations = 0
+    vocab_size = 100
     tool_format = "hermes"
 
     def __init__(self) -> None:

@@ -157,3 +157,6 @@ def test_structured_output_and_tools_are_refused_for_the_vision_model(vclient: T
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     err = error_of(vclient.post("/v1/chat/completions", json=chat(image(), tools=[tool])))
     assert err["param"] == "tools"
+    # Even with tool_choice "none" (nothing to parse), tools are not silently dropped.
+    none = chat(image(), tools=[tool], tool_choice="none")
+    assert error_of(vclient.post("/v1/chat/completions", json=none))["param"] == "tools"

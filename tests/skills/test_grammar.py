@@ -144,3 +144,12 @@ async def test_a_cancelled_waiter_does_not_cancel_the_shared_compile(ll_tokenize
     assert (await second).matcher() is not None
     with pytest.raises(asyncio.CancelledError):
         await first
+
+
+async def test_a_model_that_cannot_constrain_names_the_requests_field() -> None:
+    def no_tokenizer() -> Any:
+        raise InvalidRequestError("slow tokenizer", param="response_format")
+
+    with pytest.raises(InvalidRequestError) as info:
+        await GrammarCompiler(no_tokenizer).compile(SCHEMA, param="tools")
+    assert info.value.param == "tools" and info.value.message == "slow tokenizer"

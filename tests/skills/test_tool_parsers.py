@@ -134,6 +134,9 @@ class _EchoParser:
     def hold_from(self, text: str) -> int:
         return 0
 
+    def matches(self, template: str | None, model_type: str | None) -> bool:
+        return model_type == "echo-model"
+
 
 class _EntryPoint:
     def __init__(self, name: str, obj: Any, fail: bool = False) -> None:
@@ -166,3 +169,13 @@ def test_plugins_come_from_the_entry_point_group(monkeypatch: pytest.MonkeyPatch
         with pytest.raises(InvalidRequestError) as info:
             get_tool_parser(name)
         assert info.value.param == "tools"
+
+
+def test_a_plugin_can_claim_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        tool_parsers,
+        "entry_points",
+        lambda group: [_EntryPoint("echo", _EchoParser), _EntryPoint("plain", HermesToolParser)],
+    )
+    assert detect_tool_format("{{ x }}", "echo-model") == "echo"
+    assert detect_tool_format("<tool_call>", "llama") == "hermes"

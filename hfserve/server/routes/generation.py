@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from hfserve.errors import HfServeError, InvalidRequestError
-from hfserve.server.chat_output import ChoiceStream, OutputPlan, plan_output
+from hfserve.server.chat_output import ChoiceStream, OutputPlan, new_call_id, plan_output
 from hfserve.server.errors import error_body, status_for
 from hfserve.server.media import load_chat_inputs, refuse_images
 from hfserve.server.requests import (
@@ -131,6 +131,10 @@ async def chat_completions(request: Request) -> Response:
     output = body.output()
     media = None
     if isinstance(model, MultimodalGenerationModel):
+        if output.tools is not None:
+            raise InvalidRequestError(
+                "tools are not supported for image-text-to-text models yet", param="tools"
+            )
         inputs = await load_chat_inputs(body.messages, state.settings)
         prepared = await asyncio.to_thread(model.prepare_chat, inputs.messages, inputs.images)
         prompt_ids, media = prepared.prompt_ids, prepared.media
@@ -281,6 +285,10 @@ async def _respond(request: Request, state: ServerState, job: _Job) -> Response:
 
 def _refresh(payload: dict[str, Any]) -> dict[str, Any]:
     prefix = "chatcmpl-" if payload.get("object") == "chat.completion" else "cmpl-"
+    for choice in payload.get("choices", ()):
+        # A cached answer's tool calls get new ids too: clients key tool results by them.
+        for call in (choice.get("message") or {}).get("tool_calls") or ():
+            call["id"] = new_call_id()
     return payload | {"id": prefix + uuid.uuid4().hex, "created": now_ts()}
 
 

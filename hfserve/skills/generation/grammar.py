@@ -138,7 +138,11 @@ class GrammarCompiler:
     def _compile_blocking(self, schema: dict[str, Any], param: str) -> CompiledGrammar:
         from llguidance import LLMatcher, LLParserLimits
 
-        tokenizer = self._tokenizer()
+        try:
+            tokenizer = self._tokenizer()
+        except InvalidRequestError as exc:
+            # The model cannot constrain its output at all: say so about this request's field.
+            raise InvalidRequestError(exc.message, param=param) from exc
         limits = LLParserLimits(
             initial_lexer_fuel=_LIMITS["initial_lexer_fuel"],
             max_grammar_size=_LIMITS["max_grammar_size"],

@@ -12,7 +12,8 @@ own way, as its chat template taught it:
 
 The format is chosen from the chat template (the markers it writes), else the model family.
 Other formats plug in through the entry-point group ``hfserve.tool_parsers``: the name is the
-format, the object a ``ToolParser`` class or instance.
+format, the object a ``ToolParser`` class or instance; one with a ``matches(template,
+model_type)`` method is chosen for the models it claims, before the built-in rules.
 
 A parser also tells the streaming encoder how much of the text so far might be the start of a
 call (:meth:`ToolParser.hold_from`), so that text is held back rather than sent as content.
@@ -225,7 +226,16 @@ _FAMILIES = (
 
 
 def detect_tool_format(template: str | None, model_type: str | None) -> str:
-    """The tool format a model writes: from its chat template's markers, else its family."""
+    """The tool format a model writes: a plugin that claims it, else the chat template's
+    markers, else the model family.
+
+    A plugin parser claims models with an optional ``matches(template, model_type) -> bool``.
+    """
+    for name, factory in _plugins().items():
+        parser = factory() if isinstance(factory, type) else factory
+        matches = getattr(parser, "matches", None)
+        if callable(matches) and matches(template, model_type):
+            return str(name)
     for marker, name in _TEMPLATE_MARKERS:
         if template and marker in template:
             return name
