@@ -128,6 +128,8 @@ class LoadedTextGenerator:
             max_context=self._max_context,
         )
         self._weights_bytes = _weights_bytes(model)
+        # Prompt ids index the embedding table; its rows are the vocabulary a prompt may use.
+        self._vocab_size = int(model.get_input_embeddings().num_embeddings)
         # The grammar masks must be as wide as the logits (which may differ from the embeddings).
         self._logits_width = logits_width(model)
         self._pieces = TokenPieces(tokenizer)
@@ -182,7 +184,7 @@ class LoadedTextGenerator:
 
     @property
     def vocab_size(self) -> int:
-        """Token ids the model knows (the width of its logits)."""
+        """Prompt token ids must be in ``[0, vocab_size)`` (the embedding table's rows)."""
         return self._vocab_size
 
     @property

@@ -152,7 +152,6 @@ class _Structured:
     info: Any = None
     model_id = device = dtype = "x"
     max_input_tokens = 10
-    vocab_size = 10
     active_generations = 0
     vocab_size = 100
     tool_format = "hermes"
