@@ -12,12 +12,14 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Send
 
 from hfserve.errors import HfServeError, InvalidRequestError
 from hfserve.server.errors import error_body, status_for
@@ -183,15 +185,21 @@ def _make_job(
 async def _respond(request: Request, state: ServerState, job: _Job) -> Response:
     body = job.body
     if body.stream:
-        return StreamingResponse(
+        return _ClosingStreamingResponse(
             _sse(request, state, job), media_type="text/event-stream", headers=_SSE_HEADERS
         )
 
     async def produce() -> dict[str, Any]:
-        choices = await run_until_disconnect(request, _collect(state, job))
-        completion = sum(c.completion_tokens for c in choices)
-        await charge_tokens(state, request, job.prompt_tokens + completion)
-        return _final_body(job, choices, completion)
+        choices = {index: _Choice(index) for index, _ in job.requests()}
+        try:
+            await run_until_disconnect(request, _collect(state, job, choices))
+        finally:
+            # Whatever ended the request (done, hang-up, error, drain), the key pays for
+            # every token generated for it: charging only on success would let a client
+            # bypass its tokens/min budget by hanging up before the answer.
+            await _charge(state, request, job, choices.values())
+        ordered = [choices[i] for i in sorted(choices)]
+        return _final_body(job, ordered, sum(c.completion_tokens for c in ordered))
 
     deterministic = body.temperature == 0 and body.n == 1
     cache_request = (
@@ -251,15 +259,43 @@ def _final_body(job: _Job, choices: Sequence[_Choice], completion: int) -> dict[
     }
 
 
-async def _collect(state: ServerState, job: _Job) -> list[_Choice]:
-    choices = {index: _Choice(index) for index, _ in job.requests()}
+class _ClosingStreamingResponse(StreamingResponse):
+    """A ``StreamingResponse`` that always closes its body generator when streaming stops.
+
+    Starlette leaves a generator suspended at ``yield`` when ``send`` fails (the client hung
+    up), and its ``finally`` then runs only whenever the garbage collector finalizes it; the
+    stream's token charge must not wait on that.
+    """
+
+    async def stream_response(self, send: Send) -> None:
+        """Stream the body, closing the generator on every exit."""
+        iterator = self.body_iterator
+        if isinstance(iterator, AsyncGenerator):
+            async with contextlib.aclosing(iterator):
+                await super().stream_response(send)
+        else:  # pragma: no cover - every hfserve stream is an async generator
+            await super().stream_response(send)
+
+
+async def _charge(
+    state: ServerState, request: Request, job: _Job, choices: Iterable[_Choice]
+) -> None:
+    """Debit the prompt and the tokens generated so far, even while being cancelled."""
+    tokens = job.prompt_tokens + sum(c.completion_tokens for c in choices)
+    # Shielded: on a hang-up or at the end of a drain this runs inside a cancelled scope,
+    # where an unshielded await (a Redis round trip) would be cancelled before it debits.
+    with anyio.CancelScope(shield=True):
+        await charge_tokens(state, request, tokens)
+
+
+async def _collect(state: ServerState, job: _Job, choices: dict[int, _Choice]) -> None:
+    """Fill ``choices`` as chunks arrive (the caller reads the counts even if this is cancelled)."""
     async for index, chunk in _merged(state, job):
         choice = choices[index]
         choice.text.append(chunk.text)
         choice.completion_tokens = chunk.completion_tokens
         if chunk.finish_reason is not None:
             choice.finish_reason = chunk.finish_reason
-    return [choices[i] for i in sorted(choices)]
 
 
 async def _merged(state: ServerState, job: _Job) -> AsyncIterator[tuple[int, GenerationChunk]]:
@@ -325,7 +361,8 @@ async def _sse(request: Request, state: ServerState, job: _Job) -> AsyncIterator
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     created = now_ts()
     obj = "chat.completion.chunk" if chat else "text_completion"
-    completion: dict[int, int] = {}
+    choices = {index: _Choice(index) for index, _ in job.requests()}
+    charged = False
 
     def event(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
         payload: dict[str, Any] = {
@@ -356,13 +393,15 @@ async def _sse(request: Request, state: ServerState, job: _Job) -> AsyncIterator
         if chat:
             yield event([choice(i, "", None, role=True) for i, _ in job.requests()])
         async for index, chunk in _merged(state, job):
-            completion[index] = chunk.completion_tokens
+            choices[index].completion_tokens = chunk.completion_tokens
             if chunk.text or chunk.finish_reason is None:
                 yield event([choice(index, chunk.text, None)])
             if chunk.finish_reason is not None:
                 yield event([choice(index, None if chat else "", chunk.finish_reason)])
-        total = sum(completion.values())
-        await charge_tokens(state, request, job.prompt_tokens + total)
+        total = sum(c.completion_tokens for c in choices.values())
+        # Charged before the usage event and [DONE], so a client's next request sees it.
+        charged = True
+        await _charge(state, request, job, choices.values())
         if include_usage:
             yield event(
                 [],
@@ -386,6 +425,11 @@ async def _sse(request: Request, state: ServerState, job: _Job) -> AsyncIterator
                 code="internal_error",
             )
         )
+    finally:
+        # A hang-up (GeneratorExit or cancellation), an error or the end of a drain: the key
+        # still pays for what was generated before it.
+        if not charged:
+            await _charge(state, request, job, choices.values())
 
 
 def _error_event(payload: dict[str, Any]) -> bytes:
