@@ -23,6 +23,7 @@ from starlette.types import Send
 
 from hfserve.errors import HfServeError, InvalidRequestError
 from hfserve.server.errors import error_body, status_for
+from hfserve.server.openai_fields import IGNORED_FIELDS
 from hfserve.server.requests import (
     cached_json,
     charge_tokens,
@@ -203,7 +204,7 @@ async def _respond(request: Request, state: ServerState, job: _Job) -> Response:
 
     deterministic = body.temperature == 0 and body.n == 1
     cache_request = (
-        body.model_dump(mode="json", exclude={"user", "stream", "stream_options", "seed"})
+        body.model_dump(mode="json", exclude={"stream", "stream_options", "seed", *IGNORED_FIELDS})
         | {"endpoint": job.kind}
         if deterministic
         else None
