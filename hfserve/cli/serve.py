@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 from pathlib import Path
@@ -44,7 +43,10 @@ def serve_command(
         None, help="API keys file.  [default: ~/.config/hfserve/keys.json]", show_default=False
     ),
     no_auth: bool = typer.Option(
-        False, "--no-auth", help="Serve without API keys (local use only)."
+        False,
+        "--no-auth",
+        help="Serve without API keys, even once keys exist. Without keys a non-loopback "
+        "--host refuses to start unless this is given.",
     ),
     device: str = typer.Option(
         None, help="auto, cpu, cuda, cuda:N or mps.  [default: auto]", show_default=False
@@ -145,15 +147,6 @@ def apply_torch_threads(settings: Settings) -> None:
             os.environ[var] = str(settings.torch_threads)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def run_server(settings: Settings) -> None:
     """Build the app and run it until SIGTERM/SIGINT, draining gracefully."""
     import uvicorn
@@ -162,6 +155,7 @@ def run_server(settings: Settings) -> None:
 
     from hfserve.server.app import create_app
     from hfserve.server.lifecycle import DrainingServer
+    from hfserve.settings import is_loopback
 
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -171,11 +165,12 @@ def run_server(settings: Settings) -> None:
     app = create_app(settings)
     state: ServerState = app.state.hfserve
     console = Console(stderr=True)
-    auth = state.auth_enabled()
-    if not auth and not _is_loopback(settings.host):
+    auth_status = state.auth_status()
+    settings.check_exposure(len(state.keystore.list()))
+    if not state.auth_enabled() and not is_loopback(settings.host):
         console.print(
-            f"[bold yellow]warning:[/] serving on {settings.host} without API keys: anyone who can "
-            "reach this port can use it. Create a key with `hfserve keys create` or bind 127.0.0.1."
+            f"[bold yellow]warning:[/] serving on {settings.host} without API keys (--no-auth): "
+            "anyone who can reach this port can use it."
         )
     specs = state.loader.specs
     lines = [f"[bold]{alias}[/]  {spec.source}" for alias, spec in specs.items()]
@@ -187,7 +182,7 @@ def run_server(settings: Settings) -> None:
                     f"URL      http://{settings.host}:{settings.port}/v1{demo}",
                     f"Workers  {settings.workers}",
                     f"Device   {settings.device} / {settings.dtype}",
-                    f"Auth     {'on (API keys from ' + str(settings.keys_file) + ')' if auth else 'off'}",
+                    f"Auth     {auth_status.removeprefix('auth ')}",
                     "Models   " + ("\n         ".join(lines) if lines else "none"),
                 ]
             ),
