@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     # --- models -----------------------------------------------------------------------------
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Models to serve as [ALIAS=]PATH_OR_ID; the first is the default. "
+        description="Models to serve as [ALIAS=]PATH_OR_ID; requests name them by alias. "
         "Empty: the built-in offline demo models.",
     )
     task: str | None = Field(None, description="Force the skill task for every --model.")

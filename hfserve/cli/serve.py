@@ -25,7 +25,7 @@ def serve_command(
         None,
         "--model",
         "-m",
-        help="[ALIAS=]PATH_OR_ID to serve; repeat for several (the first is the default). "
+        help="[ALIAS=]PATH_OR_ID to serve; repeat for several (requests name them by alias). "
         "None: the built-in offline demo models.",
         show_default=False,
     ),
