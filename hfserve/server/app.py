@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from hfserve.core.keystore import KeyStore
@@ -22,16 +22,12 @@ from hfserve.core.rate_limiter import RateLimiter
 from hfserve.core.response_cache import ResponseCache
 from hfserve.errors import HfServeError
 from hfserve.runtime.loader import ModelLoader
+from hfserve.server.endpoints import ENDPOINTS, Endpoint
 from hfserve.server.errors import error_body, error_response, unhandled_error_response
 from hfserve.server.metrics import Metrics
-from hfserve.server.middleware import (
-    ServingMiddleware,
-)
+from hfserve.server.middleware import ServingMiddleware
 from hfserve.server.openapi import build_openapi
 from hfserve.server.requests import ClientDisconnectedError, json_response
-from hfserve.server.routes.encoders import classifications, embeddings
-from hfserve.server.routes.generation import chat_completions, completions
-from hfserve.server.routes.ops import get_model, health, list_models, metrics, ready
 from hfserve.server.shared_state import SharedState
 from hfserve.server.state import ServerState
 from hfserve.settings import Settings
@@ -49,8 +45,13 @@ def create_app(
     keystore: KeyStore | None = None,
     rate_limiter: RateLimiter | None = None,
     response_cache: ResponseCache | None = None,
+    endpoints: tuple[Endpoint, ...] = ENDPOINTS,
 ) -> Starlette:
-    """Build the app. Does no I/O: models load in the lifespan, keys are read on demand."""
+    """Build the app. Does no I/O: models load in the lifespan, keys are read on demand.
+
+    ``endpoints`` is the route table (:data:`hfserve.server.endpoints.ENDPOINTS`); routes,
+    middleware and the OpenAPI document all come from it.
+    """
     metrics_ = Metrics()
     if loader is None:
         options = RuntimeOptions(
@@ -93,23 +94,11 @@ def create_app(
             await state.loader.aclose()
             await shared.aclose()
 
-    openapi_doc = build_openapi(secured=True, public_metrics=settings.public_metrics)
-
-    async def openapi(request: Request) -> Response:
-        return JSONResponse(openapi_doc)
-
-    # Starlette tries routes in order: the API routes, which carry the traffic, come first.
+    # Starlette tries routes in the table's order: the API routes, which carry the traffic,
+    # come first there.
     routes = [
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/embeddings", embeddings, methods=["POST"]),
-        Route("/v1/completions", completions, methods=["POST"]),
-        Route("/v1/models", list_models, methods=["GET"]),
-        Route("/v1/classifications", classifications, methods=["POST"]),
-        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
-        Route("/health", health, methods=["GET"]),
-        Route("/ready", ready, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
+        Route(e.path, e.handler, methods=[e.method], include_in_schema=e.openapi is not None)
+        for e in endpoints
     ]
     # CORS outermost: it answers preflights itself and adds its headers to every response,
     # refusals (401, 429, 413) included, so browsers can read those errors.
@@ -124,7 +113,7 @@ def create_app(
                 expose_headers=["x-request-id", "retry-after", "x-cache"],
             )
         )
-    middleware.append(Middleware(ServingMiddleware, state=state))
+    middleware.append(Middleware(ServingMiddleware, state=state, endpoints=endpoints))
     app = Starlette(
         routes=routes,
         middleware=middleware,
@@ -137,6 +126,9 @@ def create_app(
         },
     )
     app.state.hfserve = state
+    app.state.openapi = build_openapi(
+        secured=True, public_metrics=settings.public_metrics, endpoints=endpoints
+    )
     return app
 
 

@@ -18,40 +18,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hfserve.core.rate_limiter import RateDecision
 from hfserve.errors import AuthError, HfServeError, PayloadTooLargeError, RateLimitedError
+from hfserve.server.endpoints import ENDPOINTS, Endpoint, EndpointIndex
 from hfserve.server.errors import error_response
 from hfserve.server.state import ServerState
 
-__all__ = [
-    "ServingMiddleware",
-    "format_reset",
-    "route_label",
-]
+__all__ = ["ServingMiddleware", "format_reset"]
 
 access_log = logging.getLogger("hfserve.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_ALWAYS_PUBLIC = frozenset({"/health", "/ready"})
-_KNOWN_ROUTES = frozenset(
-    {
-        "/health",
-        "/ready",
-        "/metrics",
-        "/openapi.json",
-        "/v1/models",
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/embeddings",
-        "/v1/classifications",
-    }
-)
-
-
-def route_label(path: str) -> str:
-    """A bounded-cardinality label for a request path (unknown paths become ``other``)."""
-    if path in _KNOWN_ROUTES:
-        return path
-    if path.startswith("/v1/models/"):
-        return "/v1/models/{model}"
-    return "other"
 
 
 def _state(scope: Scope) -> dict[str, Any]:
@@ -69,15 +43,22 @@ class ServingMiddleware:
     whose cheapest routes answer in tens of microseconds (benchmarks/overhead.py).
     """
 
-    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+    def __init__(
+        self, app: ASGIApp, state: ServerState, endpoints: tuple[Endpoint, ...] = ENDPOINTS
+    ) -> None:
         self.app = app
         self.state = state
         self.max_bytes = state.settings.max_body_bytes
-        public = set(_ALWAYS_PUBLIC) | {"/openapi.json"}
-        if state.settings.public_metrics:
-            public.add("/metrics")
-        self.public = frozenset(public)
-        self.access_log = state.settings.access_log
+        settings = state.settings
+        self.endpoints = EndpointIndex(endpoints)
+        self.public = frozenset(
+            e.path
+            for e in endpoints
+            if e.public or (e.public_setting is not None and getattr(settings, e.public_setting))
+        )
+        self.drain_exempt = frozenset(e.path for e in endpoints if e.drain_exempt)
+        self.unlogged = frozenset(e.metric_label for e in endpoints if not e.access_log)
+        self.access_log = settings.access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,7 +70,7 @@ class ServingMiddleware:
         request_id = incoming if incoming and _REQUEST_ID.match(incoming) else secrets.token_hex(16)
         ctx["request_id"] = request_id
         path = scope["path"]
-        route = route_label(path)
+        route = self.endpoints.label(path)
         # Headers every response of this request carries, whoever writes it (route or error).
         # Appending raw pairs is much cheaper than MutableHeaders' scan-and-replace; nothing
         # downstream sets these names.
@@ -118,7 +99,7 @@ class ServingMiddleware:
             elapsed = time.perf_counter() - started
             model = ctx.get("model", "")
             server.metrics.observe_request(route, model, status, elapsed)
-            if self.access_log and route not in {"/health", "/ready", "/metrics"}:
+            if self.access_log and route not in self.unlogged:
                 key = ctx.get("api_key")
                 access_log.info(
                     "method=%s path=%s status=%d duration_ms=%.1f request_id=%s model=%s key_id=%s",
@@ -136,7 +117,7 @@ class ServingMiddleware:
     ) -> HfServeError | None:
         """The error that refuses this request before it reaches a route, or None to admit it."""
         server = self.state
-        if server.draining and path not in _ALWAYS_PUBLIC and path != "/metrics":
+        if server.draining and path not in self.drain_exempt:
             try:
                 server.check_accepting()
             except HfServeError as exc:

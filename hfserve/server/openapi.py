@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from pydantic import BaseModel
-
 from hfserve._version import __version__
-from hfserve.server.schemas import (
-    ChatCompletionRequest,
-    ClassificationRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-)
+from hfserve.server.endpoints import ENDPOINTS, Endpoint, OpenApi
 
 __all__ = ["build_openapi"]
 
@@ -32,20 +26,6 @@ _ERROR = {
         }
     },
 }
-_POSTS: dict[str, tuple[type[BaseModel], str, str]] = {
-    "/v1/chat/completions": (
-        ChatCompletionRequest,
-        "createChatCompletion",
-        "Create a chat completion (SSE when stream is true).",
-    ),
-    "/v1/completions": (CompletionRequest, "createCompletion", "Create a text completion."),
-    "/v1/embeddings": (EmbeddingRequest, "createEmbedding", "Create embeddings."),
-    "/v1/classifications": (
-        ClassificationRequest,
-        "createClassification",
-        "Classify text (hfserve extension).",
-    ),
-}
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -62,69 +42,52 @@ def _ok(description: str, media: str = "application/json") -> dict[str, Any]:
     return {"200": {"description": description, "content": {media: {"schema": {"type": "object"}}}}}
 
 
-def build_openapi(*, secured: bool, public_metrics: bool = False) -> dict[str, Any]:
-    """The document served at ``/openapi.json``; ``public_metrics`` marks /metrics keyless."""
+def _operation(endpoint: Endpoint, spec: OpenApi, schemas: dict[str, Any]) -> dict[str, Any]:
+    responses = _ok("Success" if spec.body else spec.summary.rstrip("."), spec.media)
+    responses |= _errors(*spec.errors)
+    if spec.streams:
+        responses["200"]["content"]["text/event-stream"] = {"schema": {"type": "string"}}
+    operation: dict[str, Any] = {"operationId": spec.operation_id, "summary": spec.summary}
+    params = re.findall(r"{(\w+)(?::\w+)?}", endpoint.path)
+    if params:
+        operation["parameters"] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in params
+        ]
+    if spec.body is not None:
+        schema = spec.body.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[spec.body.__name__] = schema
+        media = "multipart/form-data" if spec.multipart else "application/json"
+        ref = {"$ref": f"#/components/schemas/{spec.body.__name__}"}
+        operation["requestBody"] = {"required": True, "content": {media: {"schema": ref}}}
+    operation["responses"] = responses
+    return operation
+
+
+def build_openapi(
+    *,
+    secured: bool,
+    public_metrics: bool = False,
+    endpoints: tuple[Endpoint, ...] = ENDPOINTS,
+) -> dict[str, Any]:
+    """The document served at ``/openapi.json``, built from the route table.
+
+    ``public_metrics`` marks endpoints made public by that setting (``/metrics``) keyless.
+    """
     schemas: dict[str, Any] = {"Error": _ERROR}
     paths: dict[str, Any] = {}
-    for path, (model, op_id, summary) in _POSTS.items():
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
-        responses = _ok("Success") | _errors(400, 401, 404, 413, 429, 500, 503)
-        if path in ("/v1/chat/completions", "/v1/completions"):
-            responses["200"]["content"]["text/event-stream"] = {"schema": {"type": "string"}}
-        paths[path] = {
-            "post": {
-                "operationId": op_id,
-                "summary": summary,
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": f"#/components/schemas/{model.__name__}"}
-                        }
-                    },
-                },
-                "responses": responses,
-            }
-        }
-    paths["/v1/models"] = {
-        "get": {
-            "operationId": "listModels",
-            "summary": "List models.",
-            "responses": _ok("Models") | _errors(401),
-        }
-    }
-    paths["/v1/models/{model}"] = {
-        "get": {
-            "operationId": "retrieveModel",
-            "summary": "Retrieve a model.",
-            "parameters": [
-                {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
-            ],
-            "responses": _ok("Model") | _errors(401, 404),
-        }
-    }
-    public: dict[str, Any] = {"security": []}
-    paths["/health"] = {
-        "get": {"operationId": "health", "summary": "Liveness.", "responses": _ok("Alive")} | public
-    }
-    paths["/ready"] = {
-        "get": {
-            "operationId": "ready",
-            "summary": "Readiness.",
-            "responses": _ok("Ready") | _errors(503),
-        }
-        | public
-    }
-    paths["/metrics"] = {
-        "get": {
-            "operationId": "metrics",
-            "summary": "Prometheus metrics.",
-            "responses": _ok("Metrics", "text/plain") | _errors(401),
-        }
-        | (public if public_metrics else {})
-    }
+    settings = {"public_metrics": public_metrics}
+    for endpoint in endpoints:
+        spec = endpoint.openapi
+        if spec is None:
+            continue
+        operation = _operation(endpoint, spec, schemas)
+        setting = endpoint.public_setting
+        if endpoint.public or (setting is not None and settings.get(setting, False)):
+            operation["security"] = []
+        path = re.sub(r":\w+}", "}", endpoint.path)
+        paths.setdefault(path, {})[endpoint.method.lower()] = operation
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -87,9 +88,15 @@ def test_sdist_can_rebuild_everything(dist: Dist) -> None:
 
 def test_wheel_installs_and_runs_in_a_fresh_venv(dist: Dist, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
-    # System site-packages supply torch and friends, so nothing is downloaded; the wheel itself
-    # goes into the venv, which comes first on sys.path.
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], tmp_path)
+    # The test's own environment supplies torch and friends, so nothing is downloaded; the
+    # wheel itself goes into the new venv, which comes first on sys.path. A .pth line rather
+    # than --system-site-packages: when the tests run in a venv (CI does), the "system" site is
+    # the base interpreter's, which lacks the dependencies. Only the directory is added, not
+    # its .pth files, so the editable install of this checkout stays out.
+    _run([sys.executable, "-m", "venv", str(venv)], tmp_path)
+    site_dir = next((venv / "lib").glob("python3*/site-packages"))
+    outer = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (site_dir / "_test_env.pth").write_text("".join(f"{path}\n" for path in sorted(outer)))
     bin_dir = venv / "bin"
     _run(
         [

@@ -18,8 +18,13 @@ from hfserve.errors import (
     OverloadedError,
     ShuttingDownError,
 )
-from hfserve.skills.generation.engine import GenerationEngine, TokenEvent, TokenStream, _build_router
 from hfserve.skills.base import GenerationRequest, RuntimeOptions
+from hfserve.skills.generation.engine import (
+    GenerationEngine,
+    TokenEvent,
+    TokenStream,
+    _build_router,
+)
 from tests.fixtures.tiny_models import TinyModels
 
 pytestmark = pytest.mark.slow
