@@ -10,7 +10,7 @@ something a test machine cannot do:
 - ``hfserve serve`` runs in the background until the next one (a ``--model`` serve in the
   quickstart is an aside: it must come up ready and is then stopped);
 - ``kubectl`` is a stand-in on ``PATH`` that parses the manifests it is given (no cluster);
-- the install block runs in a throwaway virtual environment over this one's packages.
+- the install block runs in a throwaway virtual environment that sees this one's packages.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import re
 import shlex
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import time
 from collections.abc import Iterator
@@ -207,7 +208,13 @@ def test_quickstart_blocks_run_in_order(session: Session) -> None:
     install, rest = found[0][1], found[1:]
     assert install.lstrip().startswith("pip install")
     venv = session.home / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # This environment's packages (torch and friends) are visible to the new venv, so pip finds
+    # them installed and downloads nothing heavy. A .pth line rather than
+    # --system-site-packages, which in a venv (CI) exposes the base interpreter instead.
+    site_dir = next((venv / "lib").glob("python3*/site-packages"))
+    outer = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (site_dir / "_test_env.pth").write_text("".join(f"{path}\n" for path in sorted(outer)))
     session.env["PATH"] = f"{venv / 'bin'}{os.pathsep}{session.env['PATH']}"
     for command in commands(install):
         # From a clone: the install runs in the repository, as the page says.
