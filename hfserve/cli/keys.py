@@ -125,7 +125,7 @@ def create_command(
 def list_command(json_output: JsonOption = False, keys_file: KeysFileOption = None) -> None:
     """List API keys (ids, names, limits, state); keys themselves are never shown."""
     store = _store(keys_file)
-    records = store.list()
+    records = store.list_keys()
     now = time.time()
     if json_output:
         typer.echo(json.dumps([r.to_public(now) for r in records], indent=2))

@@ -13,16 +13,18 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from gettext import gettext as _
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import typer
 import typer.main
 from typer.core import TyperCommand, TyperGroup
 
-if TYPE_CHECKING:
-    # Typer vendors click and names these types nowhere public, yet TyperGroup's methods take
-    # them; only the type checker sees this import.
-    from typer._click import Command, Context, HelpFormatter
+# click's Command, Context and HelpFormatter, which TyperGroup's methods take: Typer names them
+# nowhere public (0.29 vendors click as the private ``typer._click``; older releases use the
+# click package), so these aliases keep the signatures readable without importing either.
+Command = Any
+Context = Any
+HelpFormatter = Any
 
 __all__ = ["LazyCommand", "LazyCommands", "LazyTyperGroup"]
 
@@ -40,7 +42,7 @@ class LazyCommand(NamedTuple):
         return TyperCommand(self.name, help=self.short_help)
 
 
-class LazyCommands(MutableMapping[str, "Command"]):  # quoted: the type is check-time only
+class LazyCommands(MutableMapping[str, Command]):
     """A group's ``commands`` whose lazy entries are built on first read of their value.
 
     Names, order and membership come from the table, so listing, ``in`` and Typer's typo

@@ -32,6 +32,13 @@ def serve_command(
     task: str = typer.Option(
         None, help="Force the skill task (text-generation, embeddings, text-classification)."
     ),
+    chat_template: list[str] = typer.Option(
+        None,
+        "--chat-template",
+        help="ALIAS=FILE: serve model ALIAS with the Jinja chat template in FILE instead of its "
+        "own (e.g. one that renders tools); repeat per model.",
+        show_default=False,
+    ),
     host: str = typer.Option(
         None, help="Address to bind.  [default: 127.0.0.1]", show_default=False
     ),
@@ -85,11 +92,25 @@ def serve_command(
     redis_url: str = typer.Option(
         None, help="Redis URL for state shared across replicas.", show_default=False
     ),
+    allow_remote_media: bool = typer.Option(
+        None,
+        "--allow-remote-media/--no-allow-remote-media",
+        help="Fetch http(s) image URLs in chat (public addresses only).  [default: off]",
+        show_default=False,
+    ),
+    max_images_per_request: int = typer.Option(
+        None, help="Most images in one chat request.  [default: 8]", show_default=False
+    ),
     grace_period: float = typer.Option(
         None, help="Seconds in-flight requests get on SIGTERM.  [default: 30]", show_default=False
     ),
     log_level: str = typer.Option(
         None, help="critical, error, warning, info or debug.  [default: info]", show_default=False
+    ),
+    log_format: str = typer.Option(
+        None,
+        help="text, or json (one object per line, for log pipelines).  [default: text]",
+        show_default=False,
     ),
     config: Path = typer.Option(
         None, "--config", "-c", help="hfserve.toml config file.", show_default=False
@@ -100,6 +121,7 @@ def serve_command(
         config,
         models=model or None,
         task=task,
+        chat_templates=chat_template or None,
         host=host,
         port=port,
         workers=workers,
@@ -115,8 +137,11 @@ def serve_command(
         response_cache=response_cache,
         torch_threads=torch_threads,
         redis_url=redis_url,
+        allow_remote_media=allow_remote_media,
+        max_images_per_request=max_images_per_request,
         grace_period=grace_period,
         log_level=log_level,
+        log_format=log_format,
     )
     run_server(settings)
 
@@ -150,46 +175,26 @@ def apply_torch_threads(settings: Settings) -> None:
 def run_server(settings: Settings) -> None:
     """Build the app and run it until SIGTERM/SIGINT, draining gracefully."""
     import uvicorn
-    from rich.console import Console
-    from rich.panel import Panel
 
+    from hfserve.cli.banner import print_banner
+    from hfserve.hardware import probe
+    from hfserve.logs import configure_logging
     from hfserve.server.app import create_app
     from hfserve.server.lifecycle import DrainingServer
     from hfserve.settings import is_loopback
 
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    apply_torch_threads(settings)
+    apply_torch_threads(settings)  # before anything imports torch
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     state: ServerState = app.state.hfserve
-    console = Console(stderr=True)
-    auth_status = state.auth_status()
-    settings.check_exposure(len(state.keystore.list()))
+    settings.check_exposure(len(state.keystore.list_keys()))
     if not state.auth_enabled() and not is_loopback(settings.host):
-        console.print(
-            f"[bold yellow]warning:[/] serving on {settings.host} without API keys (--no-auth): "
-            "anyone who can reach this port can use it."
+        log.warning(
+            "serving on %s without API keys (--no-auth): anyone who can reach this port can "
+            "use it.",
+            settings.host,
         )
-    specs = state.loader.specs
-    lines = [f"[bold]{alias}[/]  {spec.source}" for alias, spec in specs.items()]
-    demo = "" if settings.models else "  [dim](built-in offline demo; random-weights chat model)[/]"
-    console.print(
-        Panel(
-            "\n".join(
-                [
-                    f"URL      http://{settings.host}:{settings.port}/v1{demo}",
-                    f"Workers  {settings.workers}",
-                    f"Device   {settings.device} / {settings.dtype}",
-                    f"Auth     {auth_status.removeprefix('auth ')}",
-                    "Models   " + ("\n         ".join(lines) if lines else "none"),
-                ]
-            ),
-            title="hfserve",
-            expand=False,
-        )
-    )
+    print_banner(settings, state, probe(settings.device, settings.dtype).choice)
     # Our own drain (DrainingServer) has already waited up to the grace period when uvicorn
     # starts its shutdown, so uvicorn's own wait is short.
     options: dict[str, Any] = {

@@ -24,21 +24,31 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable
 
 def _render_table(title: str, skills: list[SkillInfo]) -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
-    for column in ("name", "task", "architectures", "endpoints", "source"):
-        table.add_column(column, overflow="fold")
-    for info in skills:
-        archs = ", ".join(info.architectures[:3]) + (", ..." if len(info.architectures) > 3 else "")
-        table.add_row(
+    from hfserve.cli.render import Column, fit_table
+
+    # Names, tasks and endpoints are never broken; on a narrow terminal the source goes first,
+    # then the task (often the skill's own name), then the architectures.
+    columns = [
+        Column("name"),
+        Column("task", drop=1),
+        Column("architectures", wrap=True, drop=2),
+        Column("endpoints"),
+        Column("source", drop=0),
+    ]
+    rows = [
+        [
             f"[bold]{info.name}[/bold]",
             info.task,
-            archs or "-",
+            ", ".join(info.architectures[:3]) + (", ..." if len(info.architectures) > 3 else "")
+            or "-",
             "\n".join(info.endpoints) or "-",
             info.source,
-        )
-    Console().print(table)
+        ]
+        for info in skills
+    ]
+    console = Console()
+    console.print(fit_table(title, columns, rows, console.width))
 
 
 def _report_errors(errors: list[PluginError]) -> None:
@@ -57,7 +67,7 @@ def list_command(json_output: JsonOption = False) -> None:
     from hfserve.skills.registry import SkillRegistry
 
     registry = SkillRegistry()
-    skills = registry.list()
+    skills = registry.list_skills()
     if json_output:
         typer.echo(json.dumps([info.to_dict() for info in skills], indent=2))
     else:
@@ -78,9 +88,9 @@ def show_command(
     from hfserve.skills.registry import SkillRegistry
 
     registry = SkillRegistry()
-    info = next((i for i in registry.list() if i.name == name), None)
+    info = next((i for i in registry.list_skills() if i.name == name), None)
     if info is None:
-        names = ", ".join(i.name for i in registry.list())
+        names = ", ".join(i.name for i in registry.list_skills())
         raise SkillNotFoundError(f"no skill named {name!r}; skills: {names}")
     if json_output:
         typer.echo(json.dumps(info.to_dict(), indent=2))

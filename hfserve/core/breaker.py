@@ -1,6 +1,6 @@
 """A circuit breaker: refuse a failing resource fast, then probe it carefully before trusting it.
 
-closed --(N consecutive failures, or failure rate over a window)--> open
+closed --(N consecutive failures)--> open
 open --(recovery_timeout elapsed)--> half_open
 half_open --(probe succeeds)--> closed;  half_open --(probe fails)--> open (new timeout)
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import TypeVar
@@ -43,10 +42,6 @@ class CircuitBreaker:
         failure_threshold: consecutive failures that open the breaker.
         recovery_timeout: seconds the breaker stays open before admitting probes.
         half_open_max_calls: probes admitted at once while half-open.
-        failure_rate_threshold: if set (0 < rate <= 1), also open when the share of failed
-            calls over the last ``window`` seconds reaches it, given at least ``min_calls``.
-        window: length of the failure-rate window in seconds.
-        min_calls: calls in the window before the failure rate is trusted.
         clock: monotonic time source.
         name: the resource, used in error messages (e.g. the model id).
         on_state_change: listener for metrics; called outside the lock.
@@ -58,9 +53,6 @@ class CircuitBreaker:
         failure_threshold: int = 3,
         recovery_timeout: float = 30.0,
         half_open_max_calls: int = 1,
-        failure_rate_threshold: float | None = None,
-        window: float = 60.0,
-        min_calls: int = 10,
         clock: Clock | None = None,
         name: str = "",
         on_state_change: StateListener | None = None,
@@ -71,18 +63,9 @@ class CircuitBreaker:
             raise ValueError("recovery_timeout must be >= 0")
         if half_open_max_calls < 1:
             raise ValueError("half_open_max_calls must be at least 1")
-        if failure_rate_threshold is not None and not 0 < failure_rate_threshold <= 1:
-            raise ValueError("failure_rate_threshold must be in (0, 1]")
-        if window <= 0:
-            raise ValueError("window must be > 0")
-        if min_calls < 1:
-            raise ValueError("min_calls must be at least 1")
         self._failure_threshold = failure_threshold
         self._recovery_timeout = float(recovery_timeout)
         self._half_open_max_calls = half_open_max_calls
-        self._failure_rate_threshold = failure_rate_threshold
-        self._window = float(window)
-        self._min_calls = min_calls
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._name = name
         self._on_state_change = on_state_change
@@ -92,8 +75,6 @@ class CircuitBreaker:
         self._consecutive_failures = 0
         self._opened_count = 0
         self._probes = 0
-        # (time, failed) of recent calls; kept only in failure-rate mode.
-        self._calls: deque[tuple[float, bool]] = deque()
 
     @property
     def name(self) -> str:
@@ -159,7 +140,6 @@ class CircuitBreaker:
                 changes.append(self._transition(BreakerState.CLOSED))
             elif self._state is BreakerState.CLOSED:
                 self._consecutive_failures = 0
-                self._remember(failed=False)
             # A late success while open says nothing about the resource now: ignored.
         self._notify(changes)
 
@@ -171,8 +151,7 @@ class CircuitBreaker:
                 changes.append(self._transition(BreakerState.OPEN))
             elif self._state is BreakerState.CLOSED:
                 self._consecutive_failures += 1
-                self._remember(failed=True)
-                if self._should_open():
+                if self._consecutive_failures >= self._failure_threshold:
                     changes.append(self._transition(BreakerState.OPEN))
             # A late failure while open must not extend the recovery timeout: ignored.
         self._notify(changes)
@@ -234,27 +213,7 @@ class CircuitBreaker:
             self._opened_count += 1
         elif new is BreakerState.CLOSED:
             self._consecutive_failures = 0
-            self._calls.clear()
         return old, new
-
-    def _remember(self, *, failed: bool) -> None:
-        """Add a call to the failure-rate window and drop calls older than it (lock held)."""
-        if self._failure_rate_threshold is None:
-            return
-        now = self._clock.now()
-        self._calls.append((now, failed))
-        horizon = now - self._window
-        while self._calls and self._calls[0][0] <= horizon:
-            self._calls.popleft()
-
-    def _should_open(self) -> bool:
-        """Whether the closed breaker's failures now warrant opening (lock held)."""
-        if self._consecutive_failures >= self._failure_threshold:
-            return True
-        if self._failure_rate_threshold is None or len(self._calls) < self._min_calls:
-            return False
-        failures = sum(1 for _, failed in self._calls if failed)
-        return failures / len(self._calls) >= self._failure_rate_threshold
 
     def _notify(self, changes: list[tuple[BreakerState, BreakerState]]) -> None:
         """Tell the listener about state changes (outside the lock, so it may call back)."""

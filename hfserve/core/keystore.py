@@ -80,10 +80,6 @@ class ApiKey:
         }
 
 
-# ``KeyStore.list`` shadows the builtin inside the class body, so annotations use this alias.
-_Keys = list[ApiKey]
-
-
 class KeyStore:
     """API keys in a JSON file, re-read when another process changes it.
 
@@ -149,7 +145,7 @@ class KeyStore:
             raise ConfigError(f"cannot read API key file {self.path}: {exc.strerror}") from None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def _read(self) -> _Keys:
+    def _read(self) -> list[ApiKey]:
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -161,7 +157,7 @@ class KeyStore:
         except ValueError as exc:
             raise ConfigError(f"API key file {self.path} is corrupt: {exc}") from None
 
-    def _install(self, keys: _Keys, signature: _Signature | None) -> None:
+    def _install(self, keys: list[ApiKey], signature: _Signature | None) -> None:
         self._by_id = {k.id: k for k in keys}
         self._by_hash = {k.key_hash: k for k in keys}
         self._signature = signature
@@ -202,7 +198,7 @@ class KeyStore:
         with self._mutex:
             return bool(self._by_id)
 
-    def list(self) -> _Keys:
+    def list_keys(self) -> list[ApiKey]:
         """Every key record in creation order (the file's order)."""
         self._maybe_reload()
         with self._mutex:
@@ -280,7 +276,7 @@ class KeyStore:
         raise KeyNotFoundError(f"no API key with id {key_id!r} in {self.path}")
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[_Keys]:
+    def _locked(self) -> Iterator[list[ApiKey]]:
         """Read-modify-write under the file lock; the list is written back if the body succeeds."""
         with self._mutex:
             _make_dir(self.path.parent)
@@ -296,7 +292,7 @@ class KeyStore:
             finally:
                 os.close(fd)  # closing the descriptor releases the flock
 
-    def _write(self, keys: _Keys) -> None:
+    def _write(self, keys: list[ApiKey]) -> None:
         payload = {"version": _FILE_VERSION, "keys": [asdict(k) for k in keys]}
         # mkstemp creates the file with mode 0600, so the hashes are never world-readable.
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
 from hfserve.core.clock import Clock, MonotonicClock
+from hfserve.core.lru import SizedLRU
 from hfserve.errors import OverloadedError
 
 __all__ = ["CacheStats", "EvictReason", "ModelCache"]
@@ -77,9 +77,7 @@ class ModelCache(Generic[K, V]):
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._on_evict = on_evict
         self._lock = threading.Lock()
-        # Insertion order is recency order: first = least recently used.
-        self._entries: OrderedDict[K, _Entry[V]] = OrderedDict()
-        self._bytes = 0
+        self._entries: SizedLRU[K, _Entry[V]] = SizedLRU()
         self._hits = 0
         self._misses = 0
         self._evictions = 0
@@ -108,7 +106,7 @@ class ModelCache(Generic[K, V]):
                 return None
             self._hits += 1
             entry.last_used = self._clock.now()
-            self._entries.move_to_end(key)
+            self._entries.touch(key)
             return entry.value
 
     def peek(self, key: K) -> V | None:
@@ -139,11 +137,8 @@ class ModelCache(Generic[K, V]):
             old = self._entries.get(key)
             if old is not None and old.value is not value:
                 removed.append(self._remove(key, "replaced"))
-            elif old is not None:
-                self._bytes -= old.size_bytes
-            self._entries[key] = _Entry(value, size_bytes, pinned, self._clock.now())
-            self._entries.move_to_end(key)
-            self._bytes += size_bytes
+            # The same value re-put only changes its size and pin: not an eviction.
+            self._entries.put(key, _Entry(value, size_bytes, pinned, self._clock.now()))
         self._notify(removed)
         return [victim for victim, _ in victims]
 
@@ -154,7 +149,7 @@ class ModelCache(Generic[K, V]):
             KeyError: ``key`` is not cached.
         """
         with self._lock:
-            self._entries[key].pinned = True
+            self._entry(key).pinned = True
 
     def unpin(self, key: K) -> None:
         """Make ``key`` evictable again; its idle time starts now.
@@ -163,7 +158,7 @@ class ModelCache(Generic[K, V]):
             KeyError: ``key`` is not cached.
         """
         with self._lock:
-            entry = self._entries[key]
+            entry = self._entry(key)
             entry.pinned = False
             # A pinned model was in use (or reserved) until now: it is not idle yet.
             entry.last_used = self._clock.now()
@@ -201,13 +196,13 @@ class ModelCache(Generic[K, V]):
     def clear(self) -> None:
         """Remove every entry, pinned ones included (shutdown)."""
         with self._lock:
-            removed = [self._remove(key, "clear") for key in list(self._entries)]
+            removed = [self._remove(key, "clear") for key in self._entries.keys_by_recency()]
         self._notify(removed)
 
     def keys(self) -> list[K]:
         """Return the cached keys from least to most recently used."""
         with self._lock:
-            return list(self._entries)
+            return self._entries.keys_by_recency()
 
     def __contains__(self, key: object) -> bool:
         with self._lock:
@@ -221,7 +216,7 @@ class ModelCache(Generic[K, V]):
     def total_bytes(self) -> int:
         """The summed ``size_bytes`` of every cached entry."""
         with self._lock:
-            return self._bytes
+            return self._entries.total_bytes
 
     @property
     def stats(self) -> CacheStats:
@@ -232,15 +227,15 @@ class ModelCache(Generic[K, V]):
                 misses=self._misses,
                 evictions=self._evictions,
                 entries=len(self._entries),
-                bytes=self._bytes,
-                pinned=sum(1 for entry in self._entries.values() if entry.pinned),
+                bytes=self._entries.total_bytes,
+                pinned=sum(1 for _, entry in self._entries.items() if entry.pinned),
             )
 
     def _plan_room(self, key: K, size_bytes: int) -> list[tuple[K, str]]:
         """Choose the LRU victims that make room for ``key``; raise before changing anything."""
         old = self._entries.get(key)
         count = len(self._entries) + (0 if old is not None else 1)
-        total = self._bytes - (old.size_bytes if old is not None else 0) + size_bytes
+        total = self._entries.total_bytes - (old.size_bytes if old is not None else 0) + size_bytes
         victims: list[tuple[K, str]] = []
         for other, entry in self._entries.items():
             over_count = count > self._max_entries
@@ -270,9 +265,14 @@ class ModelCache(Generic[K, V]):
             )
         return victims
 
+    def _entry(self, key: K) -> _Entry[V]:
+        entry = self._entries.get(key)
+        if entry is None:
+            raise KeyError(key)
+        return entry
+
     def _remove(self, key: K, reason: str) -> tuple[K, V, str]:
         entry = self._entries.pop(key)
-        self._bytes -= entry.size_bytes
         self._evictions += 1
         return key, entry.value, reason
 

@@ -11,12 +11,12 @@ import hashlib
 import json
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from hfserve.core.clock import Clock, MonotonicClock
+from hfserve.core.lru import SizedLRU
 
 __all__ = [
     "DEFAULT_MAX_VALUE_BYTES",
@@ -63,11 +63,11 @@ class ResponseCacheBackend(Protocol):
         ...
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Stored:
     value: bytes
     expires_at: float
-    size: int
+    size_bytes: int
 
 
 class MemoryResponseBackend:
@@ -83,9 +83,7 @@ class MemoryResponseBackend:
         self._max_bytes = max_bytes
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._lock = threading.Lock()
-        # First = least recently used.
-        self._entries: OrderedDict[str, _Stored] = OrderedDict()
-        self._bytes = 0
+        self._entries: SizedLRU[str, _Stored] = SizedLRU()
 
     async def get(self, key: str) -> bytes | None:
         """Return the value for ``key`` and mark it recently used; expired entries are dropped."""
@@ -94,9 +92,9 @@ class MemoryResponseBackend:
             if stored is None:
                 return None
             if self._clock.now() >= stored.expires_at:
-                self._drop(key)
+                self._entries.pop(key)
                 return None
-            self._entries.move_to_end(key)
+            self._entries.touch(key)
             return stored.value
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
@@ -108,16 +106,15 @@ class MemoryResponseBackend:
         size = len(key.encode("utf-8")) + len(value)
         with self._lock:
             if key in self._entries:
-                self._drop(key)
+                self._entries.pop(key)
             if ttl <= 0 or size > self._max_bytes:
                 return
             now = self._clock.now()
-            if self._bytes + size > self._max_bytes:
+            if self._entries.total_bytes + size > self._max_bytes:
                 self._purge_expired(now)
-            while self._bytes + size > self._max_bytes:
-                self._drop(next(iter(self._entries)))
-            self._entries[key] = _Stored(value, now + ttl, size)
-            self._bytes += size
+            while self._entries.total_bytes + size > self._max_bytes:
+                self._entries.pop(self._entries.oldest())
+            self._entries.put(key, _Stored(value, now + ttl, size))
 
     def __len__(self) -> int:
         with self._lock:
@@ -127,14 +124,11 @@ class MemoryResponseBackend:
     def total_bytes(self) -> int:
         """Bytes held now (keys and values), expired-but-not-yet-dropped entries included."""
         with self._lock:
-            return self._bytes
+            return self._entries.total_bytes
 
     def _purge_expired(self, now: float) -> None:
         for key in [k for k, stored in self._entries.items() if now >= stored.expires_at]:
-            self._drop(key)
-
-    def _drop(self, key: str) -> None:
-        self._bytes -= self._entries.pop(key).size
+            self._entries.pop(key)
 
 
 @dataclass(frozen=True)

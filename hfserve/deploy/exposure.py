@@ -33,7 +33,9 @@ def resolve_keys(settings: Settings, options: RenderOptions) -> tuple[RenderOpti
     keys_file = options.keys_file
     if keys_file is None and settings.keys_file.is_file():
         keys_file = settings.keys_file
-    count = len(KeyStore(keys_file).list()) if keys_file is not None and keys_file.is_file() else 0
+    count = (
+        len(KeyStore(keys_file).list_keys()) if keys_file is not None and keys_file.is_file() else 0
+    )
     if not count and settings.auth is None:
         exposed = "Service and Ingress" if options.ingress else "Service"
         where = f"{keys_file} holds no API key" if keys_file is not None else "no keys file"

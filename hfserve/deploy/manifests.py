@@ -129,7 +129,7 @@ def _keys_document(keys_file: Path | None) -> str:
             raise ConfigError(f"keys file not found: {keys_file}", param="keys_file")
         # Going through KeyStore validates the file and keeps only the record fields it knows
         # (hash, id, limits...), so nothing else that happens to be in the file can leak.
-        records = KeyStore(keys_file).list()
+        records = KeyStore(keys_file).list_keys()
         payload = {"version": _KEYS_FILE_VERSION, "keys": [asdict(r) for r in records]}
     return json.dumps(payload, indent=2, sort_keys=True) + "\n"
 

@@ -9,10 +9,12 @@ its breaker's recovery timeout passes; models leave the cache by LRU, byte budge
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Protocol
 
+from hfserve.core.batcher import BatchObserver
 from hfserve.core.breaker import CircuitBreaker
 from hfserve.core.clock import Clock, MonotonicClock
 from hfserve.core.model_cache import ModelCache
@@ -24,7 +26,7 @@ from hfserve.errors import (
     ShuttingDownError,
 )
 from hfserve.hardware import DeviceChoice, HardwareReport, choose_device
-from hfserve.runtime.specs import ModelSpec, parse_model_spec
+from hfserve.runtime.specs import ModelSpec, parse_chat_templates, parse_model_spec
 from hfserve.settings import Settings
 from hfserve.skills.base import LoadedModel, RuntimeOptions, Skill
 from hfserve.skills.registry import SkillRegistry
@@ -50,8 +52,10 @@ class LoaderObserver(Protocol):
         ...
 
 
-def runtime_options_from(settings: Settings) -> RuntimeOptions:
-    """The batching and concurrency options of ``settings``."""
+def runtime_options_from(
+    settings: Settings, *, batch_observer: BatchObserver | None = None
+) -> RuntimeOptions:
+    """The batching and concurrency options of ``settings`` (the one place they are copied)."""
     return RuntimeOptions(
         max_batch_size=settings.max_batch_size,
         max_batch_tokens=settings.max_batch_tokens,
@@ -59,6 +63,7 @@ def runtime_options_from(settings: Settings) -> RuntimeOptions:
         max_queue=settings.max_queue,
         max_concurrent_generations=settings.max_concurrent_generations,
         trust_remote_code=settings.trust_remote_code,
+        batch_observer=batch_observer,
     )
 
 
@@ -155,7 +160,18 @@ class ModelLoader:
                     f"model alias {spec.alias!r} is used twice; name them with ALIAS=PATH"
                 )
             by_alias[spec.alias] = spec
+        templates = parse_chat_templates(settings.chat_templates, list(by_alias))
+        for alias, template in templates.items():
+            by_alias[alias] = dataclasses.replace(by_alias[alias], chat_template=template)
         return by_alias
+
+    def skill_name(self, spec: ModelSpec) -> str | None:
+        """The name of the skill that will serve ``spec``, or ``None`` when it cannot be told
+        before loading (a Hub id not downloaded yet, a folder the demo builds on first load)."""
+        try:
+            return self._registry.resolve(spec.source, spec.task).info.name
+        except HfServeError:
+            return None
 
     # --- state -----------------------------------------------------------------------------
 
@@ -319,7 +335,10 @@ class ModelLoader:
             if spec.build is not None:
                 spec.build(Path(spec.source))
             skill = self._registry.resolve(spec.source, spec.task)
-            model = skill.load(spec.source, choice.device, choice.dtype, self._options)
+            options = self._options
+            if spec.chat_template is not None:
+                options = dataclasses.replace(options, chat_template=_read_template(spec))
+            model = skill.load(spec.source, choice.device, choice.dtype, options)
         except HfServeError:
             raise
         except Exception as exc:  # transformers/torch/plugins raise OSError, ValueError, ...
@@ -357,3 +376,18 @@ class ModelLoader:
             logger.info("unloaded model %s (%s)", alias, reason)
             if self._observer is not None:
                 self._observer.on_evict(alias, reason)
+
+
+def _read_template(spec: ModelSpec) -> str:
+    """The text of ``spec``'s chat template file.
+
+    Raises:
+        ModelLoadError: the file cannot be read.
+    """
+    assert spec.chat_template is not None
+    try:
+        return spec.chat_template.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(
+            f"cannot read the chat template of {spec.alias!r} from {spec.chat_template}: {exc}"
+        ) from exc

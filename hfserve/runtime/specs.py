@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hfserve.errors import ConfigError
 
-__all__ = ["ModelSpec", "parse_model_spec"]
+__all__ = ["ModelSpec", "parse_chat_templates", "parse_model_spec"]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """A servable model: the name clients use, where it comes from, and how it is treated.
 
+    ``chat_template``, when set, is a Jinja file that replaces the model's own chat template.
     ``build``, when set, creates the folder ``source`` before the first load (the offline demo
     chat model); it runs in the loader's worker thread and must be idempotent.
     """
@@ -24,6 +25,7 @@ class ModelSpec:
     task: str | None = None
     pinned: bool = True
     label: str = ""
+    chat_template: Path | None = None
     build: Callable[[Path], Path] | None = field(default=None, compare=False, repr=False)
 
 
@@ -52,3 +54,24 @@ def parse_model_spec(text: str, *, task: str | None = None, pinned: bool = True)
     if source.startswith("~"):
         source = str(Path(source).expanduser())
     return ModelSpec(alias=alias or _default_alias(source), source=source, task=task, pinned=pinned)
+
+
+def parse_chat_templates(items: list[str], aliases: Collection[str]) -> dict[str, Path]:
+    """Parse ``ALIAS=FILE`` items (``--chat-template``) into alias -> template file.
+
+    Raises:
+        ConfigError: an item is malformed, names an alias not served, or twice the same alias.
+    """
+    out: dict[str, Path] = {}
+    for item in items:
+        alias, sep, file = (part.strip() for part in item.partition("="))
+        if not sep or not alias or not file:
+            raise ConfigError(f"bad chat template {item!r}: use ALIAS=FILE")
+        if alias not in aliases:
+            raise ConfigError(
+                f"chat template for {alias!r}, which is not served; served: {', '.join(aliases)}"
+            )
+        if alias in out:
+            raise ConfigError(f"two chat templates for {alias!r}")
+        out[alias] = Path(file).expanduser()
+    return out

@@ -21,7 +21,7 @@ from hfserve.core.keystore import KeyStore
 from hfserve.core.rate_limiter import RateLimiter
 from hfserve.core.response_cache import ResponseCache
 from hfserve.errors import HfServeError
-from hfserve.runtime.loader import ModelLoader
+from hfserve.runtime.loader import ModelLoader, runtime_options_from
 from hfserve.server.endpoints import ENDPOINTS, Endpoint
 from hfserve.server.errors import error_body, error_response, unhandled_error_response
 from hfserve.server.metrics import Metrics
@@ -31,7 +31,6 @@ from hfserve.server.requests import ClientDisconnectedError, json_response
 from hfserve.server.shared_state import SharedState
 from hfserve.server.state import ServerState
 from hfserve.settings import Settings
-from hfserve.skills.base import RuntimeOptions
 
 __all__ = ["create_app"]
 
@@ -54,15 +53,7 @@ def create_app(
     """
     metrics_ = Metrics()
     if loader is None:
-        options = RuntimeOptions(
-            max_batch_size=settings.max_batch_size,
-            max_batch_tokens=settings.max_batch_tokens,
-            max_wait_ms=settings.max_wait_ms,
-            max_queue=settings.max_queue,
-            max_concurrent_generations=settings.max_concurrent_generations,
-            trust_remote_code=settings.trust_remote_code,
-            batch_observer=metrics_,
-        )
+        options = runtime_options_from(settings, batch_observer=metrics_)
         loader = ModelLoader(settings, observer=metrics_, runtime_options=options)
     # Memory backends, or Redis ones shared with replicas when settings.redis_url is set.
     shared = SharedState.from_settings(settings, metrics=metrics_)

@@ -8,6 +8,7 @@ refused ones are caught by :func:`~hfserve.server.openai_fields.refuse_unimpleme
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -15,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -29,6 +31,15 @@ from hfserve.server.openai_fields import (
     FieldStatus,
     refuse_unimplemented,
 )
+from hfserve.server.structured import (
+    FunctionDefinition,
+    LegacyFunctionCall,
+    OutputRequest,
+    ResponseFormat,
+    Tool,
+    ToolChoice,
+    output_request,
+)
 
 __all__ = [
     "ChatCompletionRequest",
@@ -36,12 +47,16 @@ __all__ = [
     "ClassificationRequest",
     "CompletionRequest",
     "EmbeddingRequest",
+    "ImagePart",
     "parse_body",
 ]
 
 _Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 _TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 _MaxTokens = Annotated[int, Field(ge=1)]
+_Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+# As OpenAI: at most this many logit_bias entries, each in [-100, 100].
+_LOGIT_BIAS_MAX = 300
 Stop = StrictStr | list[StrictStr] | None
 
 
@@ -67,21 +82,93 @@ class TextPart(BaseModel):
     text: StrictStr
 
 
+class CalledFunction(BaseModel):
+    """The function of an assistant's earlier tool call: its name and JSON arguments."""
+
+    model_config = ConfigDict(extra="allow")
+    name: StrictStr
+    arguments: StrictStr
+
+
+class AssistantToolCall(BaseModel):
+    """One tool call an assistant message made earlier in the conversation."""
+
+    model_config = ConfigDict(extra="allow")
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+    def to_template(self) -> dict[str, Any]:
+        """The call as chat templates expect it: arguments as an object where they parse."""
+        try:
+            arguments: Any = json.loads(self.function.arguments)
+        except ValueError:
+            arguments = self.function.arguments
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.function.name, "arguments": arguments},
+        }
+
+
+class ImageURL(BaseModel):
+    """``image_url`` of an image part: a ``data:`` URL, or ``http(s)`` with remote media on.
+
+    ``detail`` is accepted for compatibility; the model's image processor sets the resolution.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    url: StrictStr = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(BaseModel):
+    """One image part of a multi-part message content (image-text-to-text models)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
 class ChatMessage(BaseModel):
     """One chat message."""
 
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: StrictStr | list[TextPart] | None = None
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: StrictStr | list[ContentPart] | None = None
     name: StrictStr | None = None
+    tool_calls: list[AssistantToolCall] | None = None
+    tool_call_id: StrictStr | None = None
+    # Legacy: an assistant's earlier function call.
+    function_call: CalledFunction | None = None
 
     def text(self) -> str:
-        """The message text (parts joined)."""
+        """The message text (text parts joined; image parts are read by ``server.media``)."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text for part in self.content if isinstance(part, TextPart))
+
+    def to_template(self) -> dict[str, Any]:
+        """The message as the chat template reads it (legacy function roles mapped to tools)."""
+        message: dict[str, Any] = {"role": self.role, "content": self.text()}
+        calls = [call.to_template() for call in self.tool_calls or ()]
+        if self.function_call is not None:
+            legacy = AssistantToolCall(id="call_legacy", function=self.function_call)
+            calls.append(legacy.to_template())
+        if calls:
+            message["tool_calls"] = calls
+        if self.role == "function":
+            message["role"] = "tool"
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            message["name"] = self.name
+        return message
 
 
 class _Sampling(_Body):
@@ -97,12 +184,39 @@ class _Sampling(_Body):
     stop: Stop = None
     seed: StrictInt | None = None
     user: StrictStr | None = None
-    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
-    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    presence_penalty: _Penalty | None = None
+    frequency_penalty: _Penalty | None = None
     logit_bias: dict[str, float] | None = None
     # hfserve extensions (as vLLM/TGI accept them): force output lengths for benchmarks.
     ignore_eos: bool = False
     min_tokens: Annotated[int, Field(ge=0)] = 0
+    # hfserve extensions (vLLM's names and meanings): -1 or 0 turns top_k off, 0 turns min_p
+    # off, 1 turns repetition_penalty (transformers' multiplicative one) off.
+    top_k: Annotated[int, Field(ge=-1)] | None = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return value
+        if len(value) > _LOGIT_BIAS_MAX:
+            raise ValueError(f"at most {_LOGIT_BIAS_MAX} tokens may be biased")
+        for key, bias in value.items():
+            if not key.isdigit():
+                raise ValueError(f"keys must be token ids (non-negative integers), got {key!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"values must be in [-100, 100], got {bias} for token {key}")
+        return value
+
+    def token_bias(self) -> dict[int, float]:
+        """``logit_bias`` with integer token ids."""
+        return {int(k): float(v) for k, v in (self.logit_bias or {}).items()}
+
+    def logprobs_count(self) -> int | None:
+        """How many top logprobs per token were asked for (None: no logprobs at all)."""
+        return None
 
     @field_validator("stop")
     @classmethod
@@ -121,19 +235,7 @@ class _Sampling(_Body):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
     def check_unsupported(self) -> None:
-        """Refuse penalties, logit bias and n > 1 when streaming is not possible."""
-        if self.presence_penalty:
-            raise InvalidRequestError(
-                "presence_penalty is not supported by hfserve; omit it or send 0",
-                param="presence_penalty",
-            )
-        if self.frequency_penalty:
-            raise InvalidRequestError(
-                "frequency_penalty is not supported by hfserve; omit it or send 0",
-                param="frequency_penalty",
-            )
-        if self.logit_bias:
-            raise InvalidRequestError("logit_bias is not supported by hfserve", param="logit_bias")
+        """Refuse combinations that make no sense (stream_options without stream, ...)."""
         if self.stream_options is not None and not self.stream:
             raise InvalidRequestError(
                 "stream_options is only allowed when stream is true", param="stream_options"
@@ -148,10 +250,28 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: _MaxTokens | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
+    functions: list[FunctionDefinition] | None = None
+    function_call: LegacyFunctionCall | None = None
+
+    def output(self) -> OutputRequest:
+        """What ``response_format`` and the tool fields ask of the output.
+
+        Raises:
+            InvalidRequestError: they contradict each other.
+        """
+        return output_request(
+            response_format=self.response_format,
+            tools=self.tools,
+            tool_choice=self.tool_choice,
+            parallel_tool_calls=self.parallel_tool_calls,
+            functions=self.functions,
+            function_call=self.function_call,
+        )
 
     def max_new_tokens(self) -> int | None:
         """``max_completion_tokens`` wins over the legacy ``max_tokens``."""
@@ -161,23 +281,18 @@ class ChatCompletionRequest(_Sampling):
             else self.max_tokens
         )
 
+    def logprobs_count(self) -> int | None:
+        """``top_logprobs`` when ``logprobs`` is true; None when logprobs are off."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     def check_unsupported(self) -> None:
-        """Refuse logprobs, tools and structured output, which hfserve does not implement."""
+        """Refuse top_logprobs without logprobs, and contradicting tool fields."""
         super().check_unsupported()
-        if self.logprobs or self.top_logprobs:
-            raise InvalidRequestError("logprobs are not supported by hfserve", param="logprobs")
-        if self.tools:
+        if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequestError(
-                "tools/function calling is not supported by hfserve", param="tools"
+                "top_logprobs requires logprobs to be true", param="top_logprobs"
             )
-        if self.tool_choice not in (None, "none", "auto"):
-            raise InvalidRequestError(
-                "tool_choice is not supported by hfserve", param="tool_choice"
-            )
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise InvalidRequestError(
-                "only response_format {'type': 'text'} is supported", param="response_format"
-            )
+        self.output()
         if (
             self.min_tokens
             and self.max_completion_tokens is not None
@@ -196,7 +311,9 @@ class CompletionRequest(_Sampling):
 
     prompt: Prompt
     echo: bool = False
-    logprobs: int | None = None
+    # OpenAI's legacy completions allow up to 5.
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    response_format: ResponseFormat | None = None
     best_of: int | None = None
     suffix: StrictStr | None = None
 
@@ -211,17 +328,23 @@ class CompletionRequest(_Sampling):
             return [list(p)]  # type: ignore[arg-type]
         return list(p)  # type: ignore[arg-type]
 
+    def logprobs_count(self) -> int | None:
+        """``logprobs``: the top alternatives per token (0: the chosen token's only)."""
+        return self.logprobs
+
     def check_unsupported(self) -> None:
-        """Refuse echo, logprobs, best_of and suffix, which hfserve does not implement."""
+        """Refuse echo, best_of and suffix, which hfserve does not implement."""
         super().check_unsupported()
         if self.echo:
             raise InvalidRequestError("echo is not supported by hfserve", param="echo")
-        if self.logprobs:
-            raise InvalidRequestError("logprobs are not supported by hfserve", param="logprobs")
         if self.best_of not in (None, 1):
             raise InvalidRequestError("best_of is not supported by hfserve", param="best_of")
         if self.suffix:
             raise InvalidRequestError("suffix is not supported by hfserve", param="suffix")
+
+    def output(self) -> OutputRequest:
+        """What ``response_format`` asks of the output."""
+        return output_request(response_format=self.response_format)
 
 
 EmbeddingInput = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
@@ -295,7 +418,9 @@ def _param_path(loc: tuple[int | str, ...]) -> str | None:
     return ".".join(parts) or None
 
 
-_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "TextPart"})
+_TYPE_TAGS = frozenset(
+    {"str", "int", "float", "bool", "list", "dict", "none", "TextPart", "NamedToolChoice"}
+)
 
 
 def parse_body(schema: type[T], data: Any) -> T:
@@ -309,7 +434,10 @@ def parse_body(schema: type[T], data: Any) -> T:
     try:
         body = schema.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
+        # The deepest error is the most specific: for a union (message content: a string or a
+        # list of parts) it is the one inside the member that came closest, not "not a string".
+        errors = exc.errors(include_url=False)
+        first = max(errors, key=lambda error: len(error["loc"]))
         param = _param_path(first["loc"])
         raise InvalidRequestError(
             f"invalid value for {param or 'body'}: {first['msg']}", param=param

@@ -43,13 +43,9 @@ class ServerState:
     models_listing: tuple[object, bytes] | None = None
     # Extra readiness dependencies (Redis): details for /ready and whether they block it.
     extra_ready_checks: Callable[[], Awaitable[ReadyReport]] | None = None
-    _idle: asyncio.Event = field(default_factory=asyncio.Event)
     # Whether keys turned auth on when last looked at (None: not yet), to log when it flips.
     _keys_auth: bool | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        self._idle.set()
 
     # --- auth and limits --------------------------------------------------------------------
     def auth_enabled(self) -> bool:
@@ -70,7 +66,7 @@ class ServerState:
 
     def auth_status(self) -> str:
         """``auth on: 3 keys in FILE``, ``auth off: --no-auth`` or ``auth off: no keys yet …``."""
-        return self.settings.auth_status(len(self.keystore.list()))
+        return self.settings.auth_status(len(self.keystore.list_keys()))
 
     def limits_for(self, key: ApiKey | None) -> RateLimits:
         """The key's own limits, else the configured defaults."""
@@ -95,13 +91,10 @@ class ServerState:
         # The in-flight gauge is set when metrics are read (refresh_gauges), not here: two
         # gauge writes per request would be a measurable share of a cheap request's cost.
         self.in_flight += 1
-        self._idle.clear()
 
     def request_finished(self) -> None:
         """A request in flight has ended."""
         self.in_flight -= 1
-        if self.in_flight <= 0:
-            self._idle.set()
 
     def begin_drain(self) -> None:
         """Turn readiness off and refuse new requests; in-flight ones continue."""
@@ -110,10 +103,6 @@ class ServerState:
                 "draining: /ready is 503, new requests are refused, %d in flight", self.in_flight
             )
         self.draining = True
-
-    async def wait_idle(self) -> None:
-        """Wait until no request is in flight (callers bound it with ``asyncio.timeout``)."""
-        await self._idle.wait()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a background task, keeping a strong reference until it ends."""

@@ -35,13 +35,11 @@ def _worker_main(settings: Settings, sock: socket.socket, uvicorn_options: dict[
     """Entry point of one worker process: build the app and serve the inherited socket."""
     import uvicorn
 
+    from hfserve.logs import configure_logging
     from hfserve.server.app import create_app
     from hfserve.server.lifecycle import DrainingServer
 
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s [worker {os.getpid()}] %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format, worker=True)
     app = create_app(settings)
     config = uvicorn.Config(app, **uvicorn_options)
     server = DrainingServer(config, state=app.state.hfserve, grace_period=settings.grace_period)

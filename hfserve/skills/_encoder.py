@@ -25,6 +25,7 @@ from hfserve.skills.base import (
     RuntimeOptions,
     SkillInfo,
 )
+from hfserve.skills.limits import check_token_ids, declared_limit
 from hfserve.skills.pooling import PoolingConfig
 
 __all__ = [
@@ -32,16 +33,16 @@ __all__ = [
     "EncoderClassificationModel",
     "EncoderEmbeddingModel",
     "EncoderModel",
+    "load_encoder",
     "max_input_length",
     "pool",
     "special_token_frame",
 ]
 
 R = TypeVar("R")
+M = TypeVar("M", bound="EncoderModel[Any]")
 log = logging.getLogger("hfserve.skills")
 
-# Tokenizers without a real limit report a huge sentinel as model_max_length.
-_NO_LIMIT = 1_000_000
 # Requests whose text inputs total at most this many characters are tokenized on the event
 # loop; longer ones in a worker thread, so a huge input never blocks other requests.
 _INLINE_TOKENIZE_CHARS = 2048
@@ -59,17 +60,56 @@ class EncodedInputs:
 def max_input_length(tokenizer: Any, config: Any, declared: int | None = None) -> int:
     """The longest input in tokens: ``declared`` (sentence-transformers) or the tighter of the
     tokenizer's and the position table's limits."""
-    limits = [declared] if declared else []
-    tok_limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tok_limit, int) and 0 < tok_limit < _NO_LIMIT:
-        limits.append(tok_limit)
-    positions = getattr(config, "max_position_embeddings", None)
-    if isinstance(positions, int) and positions > 0:
-        limits.append(positions)
-    if declared:
-        # sentence-transformers' max_seq_length wins, but never past what the model can embed.
-        return min(limits)
-    return min(limits) if limits else 512
+    # sentence-transformers' max_seq_length wins, but never past what the model can embed.
+    model_limit = declared_limit(
+        getattr(tokenizer, "model_max_length", None),
+        getattr(config, "max_position_embeddings", None),
+    )
+    return declared_limit(declared, model_limit) or 512
+
+
+def load_encoder(
+    model_class: type[M],
+    auto_class: Any,
+    source: str,
+    *,
+    device: str,
+    dtype: str,
+    options: RuntimeOptions,
+    max_seq_length: int | None = None,
+    **kwargs: Any,
+) -> M:
+    """Load ``source``'s tokenizer and ``auto_class`` model onto ``device`` in ``dtype``, in eval
+    mode, as a ``model_class`` (blocking): the load both encoder skills share.
+
+    Args:
+        model_class: ``EncoderEmbeddingModel`` or ``EncoderClassificationModel``.
+        auto_class: the transformers ``Auto*`` class that builds the model.
+        source: the folder (or Hub id) holding the weights and tokenizer.
+        device: where the model runs.
+        dtype: a resolved dtype name (``float32``, ``float16``, ``bfloat16``).
+        options: the runtime options; ``trust_remote_code`` applies to both loads.
+        max_seq_length: a declared input limit (sentence-transformers' ``max_seq_length``).
+        kwargs: the rest of ``model_class``'s arguments (``info``, ``model_id``, ...).
+    """
+    from transformers import AutoTokenizer
+
+    from hfserve.skills._torch import torch_dtype
+
+    trust = options.trust_remote_code
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
+    model = auto_class.from_pretrained(source, dtype=torch_dtype(dtype), trust_remote_code=trust)
+    model.to(device)
+    model.eval()
+    return model_class(
+        device=device,
+        dtype=dtype,
+        model=model,
+        tokenizer=tokenizer,
+        max_length=max_input_length(tokenizer, model.config, max_seq_length),
+        options=options,
+        **kwargs,
+    )
 
 
 def special_token_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -123,6 +163,11 @@ class EncoderModel(ABC, Generic[R]):
     def max_input_tokens(self) -> int:
         """The longest input in tokens; longer inputs are truncated to it."""
         return self._max_length
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids an input may use are in ``[0, vocab_size)``: the tokenizer's full vocabulary."""
+        return len(self._tokenizer)
 
     def memory_bytes(self) -> int:
         """Bytes of parameters and buffers."""
@@ -188,7 +233,7 @@ class EncoderModel(ABC, Generic[R]):
             InvalidRequestError: an input is neither text nor a list of valid token ids.
         """
         room = max(1, self._max_length - len(self._prefix) - len(self._suffix))
-        vocab = len(self._tokenizer)
+        vocab = self.vocab_size
         ids: list[list[int]] = []
         truncated = 0
         for index, item in enumerate(inputs):
@@ -198,11 +243,7 @@ class EncoderModel(ABC, Generic[R]):
                 ]
             else:
                 content = list(item)
-                if not all(isinstance(t, int) and 0 <= t < vocab for t in content):
-                    raise InvalidRequestError(
-                        f"input {index}: token ids must be integers in [0, {vocab})",
-                        param="input",
-                    )
+                check_token_ids(content, vocab, param="input", where=f"input {index}: ")
             if len(content) > room:
                 truncated += 1
                 content = content[:room]

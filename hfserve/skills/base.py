@@ -17,6 +17,7 @@ __all__ = [
     "TASK_CLASSIFICATION",
     "TASK_EMBEDDINGS",
     "TASK_GENERATION",
+    "TASK_IMAGE_TEXT_TO_TEXT",
     "ClassificationModel",
     "ClassificationResult",
     "EmbeddingModel",
@@ -24,18 +25,32 @@ __all__ = [
     "GenerationChunk",
     "GenerationModel",
     "GenerationRequest",
+    "Grammar",
     "LabelScore",
     "LoadedModel",
+    "MultimodalGenerationModel",
+    "PreparedPrompt",
     "RuntimeOptions",
     "Skill",
     "SkillInfo",
+    "StructuredGenerationModel",
+    "TokenLogprob",
 ]
 
 TASK_GENERATION = "text-generation"
 TASK_EMBEDDINGS = "embeddings"
 TASK_CLASSIFICATION = "text-classification"
+TASK_IMAGE_TEXT_TO_TEXT = "image-text-to-text"
 
 FinishReason = Literal["stop", "length"]
+
+
+class Grammar(Protocol):
+    """A compiled output grammar; each generation gets its own matcher."""
+
+    def matcher(self) -> Any:
+        """A fresh ``llguidance.LLMatcher`` at the start of the grammar."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,8 @@ class RuntimeOptions:
     max_concurrent_generations: int = 16
     trust_remote_code: bool = False
     batch_observer: BatchObserver | None = None
+    # A chat template (Jinja source) that replaces the model's own (``--chat-template``).
+    chat_template: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -92,7 +109,9 @@ class LoadedModel(Protocol):
 
     @property
     def max_input_tokens(self) -> int:
-        """The longest input (in tokens) the model accepts."""
+        """The longest input (in tokens) the model accepts: its context length for generation
+        (prompt plus completion), the longest embedded or classified input otherwise. Always a
+        real number: ``skills.limits.declared_limit`` drops the "no limit" sentinels."""
         ...
 
     def memory_bytes(self) -> int:
@@ -124,6 +143,11 @@ class EmbeddingResult:
 @runtime_checkable
 class EmbeddingModel(LoadedModel, Protocol):
     """A loaded model that serves ``/v1/embeddings``."""
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids an input may use are in ``[0, vocab_size)`` (see ``skills.limits``)."""
+        ...
 
     async def embed(self, inputs: Sequence[str | Sequence[int]]) -> EmbeddingResult:
         """Embed each input (text or token ids); inputs are micro-batched with other callers."""
@@ -160,8 +184,16 @@ class ClassificationModel(LoadedModel, Protocol):
 class GenerationRequest:
     """One generation with its own sampling parameters.
 
-    ``temperature == 0`` means greedy. ``seed`` makes sampling reproducible.
-    ``stop`` sequences end generation and are not included in the output text.
+    ``temperature == 0`` means greedy. ``seed`` makes sampling reproducible, whatever else
+    shares the batch. ``stop`` sequences end generation and are not included in the output text.
+    ``top_k == 0`` and ``min_p == 0`` turn those filters off. ``presence_penalty`` and
+    ``frequency_penalty`` (OpenAI's, over the generated tokens) and ``repetition_penalty``
+    (transformers', over prompt and generated tokens; 1 is off) change the logits before
+    sampling; ``logit_bias`` maps token ids to values added to their logits.
+    ``logprobs``: None for none, ``n >= 0`` for the chosen token's logprob and the ``n`` most
+    likely tokens with theirs (``n <= 20``). ``grammar``: an ``llguidance.LLMatcher`` owned by
+    this request (fresh, not shared); every token is chosen from what it allows, and the
+    generation ends with ``"stop"`` once the grammar is complete.
     """
 
     prompt_ids: list[int]
@@ -172,13 +204,40 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     min_tokens: int = 0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
+    logprobs: int | None = None
+    grammar: Any | None = None
+    # Model inputs besides the token ids (pixel values, image sizes) from
+    # ``MultimodalGenerationModel.prepare_chat``; only that model's ``generate`` reads them.
+    media: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token with its logprob and, for a generated token, the most likely tokens (best first).
+
+    ``token`` is the token's text as decoded alone (a piece of a multi-byte character decodes to
+    U+FFFD; ``token_bytes`` keeps its real bytes where the tokenizer exposes them).
+    """
+
+    token_id: int
+    token: str
+    token_bytes: bytes
+    logprob: float
+    top: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
 class GenerationChunk:
     """A piece of generated output: new text/tokens since the previous chunk.
 
-    The last chunk has ``finish_reason`` set; token counts are cumulative.
+    The last chunk has ``finish_reason`` set; token counts are cumulative. ``logprobs``, when
+    the request asked for them, has one entry per token of ``token_ids``.
     """
 
     text: str
@@ -186,18 +245,28 @@ class GenerationChunk:
     finish_reason: FinishReason | None
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None
 
 
 @runtime_checkable
 class GenerationModel(LoadedModel, Protocol):
     """A loaded causal LM that serves chat and completions."""
 
-    def render_chat(self, messages: Sequence[Mapping[str, Any]]) -> str:
-        """The prompt text for ``messages`` via the tokenizer's chat template."""
+    def render_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> str:
+        """The prompt text for ``messages`` (and ``tools``) via the tokenizer's chat template."""
         ...
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (as the model will see it)."""
+        ...
+
+    @property
+    def vocab_size(self) -> int:
+        """Prompt token ids must be in ``[0, vocab_size)`` (see ``skills.limits``)."""
         ...
 
     @property
@@ -210,6 +279,38 @@ class GenerationModel(LoadedModel, Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A chat rendered by a multimodal processor: token ids (image tokens expanded) and the
+    extra model inputs (``pixel_values`` ...) that go with them."""
+
+    prompt_ids: list[int]
+    media: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class MultimodalGenerationModel(GenerationModel, Protocol):
+    """A generation model that also reads images in chat messages."""
+
+    def prepare_chat(
+        self, messages: Sequence[Mapping[str, Any]], images: Sequence[Any]
+    ) -> PreparedPrompt:
+        """Render ``messages`` (content parts ``{"type": "image"}`` in order of ``images``,
+        Pillow images) into prompt ids and model inputs (blocking: run it off the loop)."""
+        ...
+
+
+@runtime_checkable
+class StructuredGenerationModel(GenerationModel, Protocol):
+    """A generation model that can constrain its output (JSON schemas, tool calls)."""
+
+    tool_format: str
+
+    async def compile_grammar(self, schema: Mapping[str, Any], *, param: str) -> Grammar:
+        """The compiled grammar of a JSON schema (``param``: the request field, for errors)."""
+        ...
+
+
 @runtime_checkable
 class Skill(Protocol):
     """Loads one kind of model. Third parties register skills under ``hfserve.skills``."""
@@ -219,5 +320,9 @@ class Skill(Protocol):
     def load(
         self, model_path: str, device: str, dtype: str, options: RuntimeOptions
     ) -> LoadedModel:
-        """Load ``model_path`` onto ``device`` in ``dtype`` (blocking; runs in a worker thread)."""
+        """Load ``model_path`` onto ``device`` in ``dtype`` (blocking; runs in a worker thread).
+
+        ``dtype`` is already resolved (``float32``, ``float16`` or ``bfloat16``, never ``auto``):
+        ``hardware.choose_device`` is the one dtype policy.
+        """
         ...

@@ -45,4 +45,5 @@ BUILTIN_SKILLS: tuple[str, ...] = (
     "hfserve.skills.text_generation:TextGenerationSkill",
     "hfserve.skills.embeddings:EmbeddingsSkill",
     "hfserve.skills.classification:ClassificationSkill",
+    "hfserve.skills.vision:ImageTextToTextSkill",
 )

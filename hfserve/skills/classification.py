@@ -18,26 +18,17 @@ class ClassificationSkill:
         self, model_path: str, device: str, dtype: str, options: RuntimeOptions
     ) -> LoadedModel:
         """Load tokenizer and classifier onto ``device`` in ``dtype`` (blocking)."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        from hfserve.skills._encoder import EncoderClassificationModel, max_input_length
-        from hfserve.skills._torch import torch_dtype
+        from hfserve.skills._encoder import EncoderClassificationModel, load_encoder
 
-        source = str(local_folder(model_path))
-        trust = options.trust_remote_code
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, dtype=torch_dtype(dtype), trust_remote_code=trust
-        )
-        model.to(device)
-        model.eval()
-        return EncoderClassificationModel(
-            info=self.info,
-            model_id=model_path,
+        return load_encoder(
+            EncoderClassificationModel,
+            AutoModelForSequenceClassification,
+            str(local_folder(model_path)),
             device=device,
             dtype=dtype,
-            model=model,
-            tokenizer=tokenizer,
-            max_length=max_input_length(tokenizer, model.config),
             options=options,
+            info=self.info,
+            model_id=model_path,
         )

@@ -45,28 +45,22 @@ class EmbeddingsSkill:
         self, model_path: str, device: str, dtype: str, options: RuntimeOptions
     ) -> LoadedModel:
         """Load tokenizer and encoder onto ``device`` in ``dtype`` (blocking)."""
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
-        from hfserve.skills._encoder import EncoderEmbeddingModel, max_input_length
-        from hfserve.skills._torch import torch_dtype
+        from hfserve.skills._encoder import EncoderEmbeddingModel, load_encoder
 
         folder = local_folder(model_path)
         pooling = read_pooling_config(folder)
-        source = str(folder / pooling.transformer_path)
-        trust = options.trust_remote_code
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
-        model = AutoModel.from_pretrained(source, dtype=torch_dtype(dtype), trust_remote_code=trust)
-        model.to(device)
-        model.eval()
-        return EncoderEmbeddingModel(
-            info=self.info,
-            model_id=model_path,
+        return load_encoder(
+            EncoderEmbeddingModel,
+            AutoModel,
+            str(folder / pooling.transformer_path),
             device=device,
             dtype=dtype,
-            model=model,
-            tokenizer=tokenizer,
-            max_length=max_input_length(tokenizer, model.config, pooling.max_seq_length),
             options=options,
+            max_seq_length=pooling.max_seq_length,
+            info=self.info,
+            model_id=model_path,
             lowercase=pooling.lowercase,
             pooling=pooling,
         )

@@ -10,7 +10,6 @@ Nothing here imports torch: skill modules import it inside ``load``.
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import dataclasses
 import fnmatch
@@ -138,16 +137,16 @@ class SkillRegistry:
         self._include_builtins = include_builtins
         self._extra = list(skills)
         self._entries: dict[str, _Entry] | None = None
-        self._errors: builtins.list[PluginError] = []
+        self._errors: list[PluginError] = []
         self._lock = threading.Lock()
 
     @property
-    def errors(self) -> builtins.list[PluginError]:
+    def errors(self) -> list[PluginError]:
         """Third-party skills that failed to register (discovery runs on first use)."""
         self._discover()
         return list(self._errors)
 
-    def list(self) -> builtins.list[SkillInfo]:
+    def list_skills(self) -> list[SkillInfo]:
         """Every registered skill's metadata: built-ins first, then plugins by name."""
         return [entry.info for entry in self._discover().values()]
 
@@ -191,14 +190,14 @@ class SkillRegistry:
         task: str | None = None,
         architecture: str | None = None,
         hardware: str | None = None,
-    ) -> builtins.list[SkillInfo]:
+    ) -> list[SkillInfo]:
         """Skills matching every given filter (case-insensitive).
 
         ``text`` matches a substring of the name, task, description, source or an
         architecture; ``architecture`` matches the skill's architecture patterns.
         """
-        found: builtins.list[SkillInfo] = []
-        for info in self.list():
+        found: list[SkillInfo] = []
+        for info in self.list_skills():
             if task is not None and info.task.lower() != task.lower():
                 continue
             if hardware is not None and hardware.lower() not in {h.lower() for h in info.hardware}:
@@ -213,14 +212,14 @@ class SkillRegistry:
             found.append(info)
         return found
 
-    def tasks(self) -> builtins.list[str]:
+    def tasks(self) -> list[str]:
         """The distinct tasks of the registered skills."""
-        return sorted({info.task for info in self.list()})
+        return sorted({info.task for info in self.list_skills()})
 
     # --- internals -----------------------------------------------------------------------
 
     def _available(self) -> str:
-        skills = ", ".join(f"{i.name} ({i.task})" for i in self.list())
+        skills = ", ".join(f"{i.name} ({i.task})" for i in self.list_skills())
         return f"skills: {skills}; tasks: {', '.join(self.tasks())}"
 
     def _resolve_task(self, model: str, task: str, entries: dict[str, _Entry]) -> Skill:
@@ -240,7 +239,7 @@ class SkillRegistry:
         return self.get(candidates[0].info.name)
 
     @staticmethod
-    def _match(facts: ModelFacts, entries: builtins.list[_Entry]) -> str | None:
+    def _match(facts: ModelFacts, entries: list[_Entry]) -> str | None:
         if facts.sentence_transformers:
             for entry in entries:
                 if entry.info.task == TASK_EMBEDDINGS:
@@ -278,7 +277,7 @@ class SkillRegistry:
                     entries[skill.info.name] = _Entry(info=skill.info, skill=skill)
         for skill in self._extra:
             entries[skill.info.name] = _Entry(info=skill.info, skill=skill)
-        plugins: builtins.list[tuple[str, _Entry]] = []
+        plugins: list[tuple[str, _Entry]] = []
         for ep in sorted(entry_points(group=self._group), key=lambda e: e.name):
             entry = self._load_plugin(ep)
             if entry is None:

@@ -8,8 +8,9 @@ cut out of the text even when they span chunks, and usage counts.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hfserve.errors import InvalidRequestError, ModelLoadError
 from hfserve.skills.base import (
@@ -19,12 +20,15 @@ from hfserve.skills.base import (
     GenerationRequest,
     RuntimeOptions,
     SkillInfo,
+    TokenLogprob,
 )
+from hfserve.skills.limits import declared_limit
+
+if TYPE_CHECKING:
+    from hfserve.skills.generation.grammar import CompiledGrammar
+    from hfserve.skills.generation.stage import StepLogprobs
 
 __all__ = ["LoadedTextGenerator", "TextGenerationSkill"]
-
-# Transformers' sentinel for "no limit" is ~1e30; anything this large is not a real limit.
-_NO_LIMIT = 1_000_000_000
 
 
 class _Detokenizer:
@@ -105,7 +109,10 @@ class LoadedTextGenerator:
         tokenizer: Any,
         options: RuntimeOptions,
     ) -> None:
-        from hfserve.skills.generation.engine import GenerationEngine
+        from hfserve.skills.generation.engine import GenerationEngine, logits_width
+        from hfserve.skills.generation.grammar import GrammarCompiler
+        from hfserve.skills.generation.pieces import TokenPieces
+        from hfserve.skills.generation.tool_parsers import detect_tool_format
 
         self.info = info
         self.model_id = model_id
@@ -114,6 +121,8 @@ class LoadedTextGenerator:
         self._model = model
         self._tokenizer = tokenizer
         self._max_context = _context_length(model, tokenizer)
+        # The embedding table's rows, not len(tokenizer): an id past them cannot be embedded.
+        self._vocab_size = int(model.get_input_embeddings().num_embeddings)
         self.engine = GenerationEngine(
             model,
             eos_token_ids=_eos_ids(model, tokenizer),
@@ -121,11 +130,61 @@ class LoadedTextGenerator:
             max_context=self._max_context,
         )
         self._weights_bytes = _weights_bytes(model)
+        self._vocab_size = logits_width(model)
+        self._pieces = TokenPieces(tokenizer)
+        self._ll_lock = threading.Lock()
+        self._ll: Any = None
+        self._grammars = GrammarCompiler(self.ll_tokenizer)
+        template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+        self.tool_format = detect_tool_format(template, getattr(model.config, "model_type", None))
+        """The format of tool calls in this model's replies (a ``tool_parsers`` name)."""
+
+    def ll_tokenizer(self) -> Any:
+        """The ``llguidance.LLTokenizer`` of this model, built once (blocking, ~1 s: call it off
+        the event loop). Its vocabulary is as wide as the logits and its EOS ids are the
+        engine's, so its matchers' masks fit the sampling stage.
+
+        Raises:
+            InvalidRequestError: the tokenizer is not a fast (Rust) tokenizer, which llguidance
+                needs for constrained decoding.
+        """
+        with self._ll_lock:
+            if self._ll is None:
+                import llguidance.hf
+
+                try:
+                    self._ll = llguidance.hf.from_tokenizer(
+                        self._tokenizer,
+                        n_vocab=self._vocab_size,
+                        eos_token=list(self.engine.eos_token_ids) or None,
+                    )
+                except ValueError as exc:
+                    raise InvalidRequestError(
+                        f"model {self.model_id!r} cannot do constrained decoding: {exc}",
+                        param="response_format",
+                    ) from exc
+            return self._ll
+
+    def _logprobs(
+        self, token_ids: Sequence[int], steps: Sequence[StepLogprobs]
+    ) -> list[TokenLogprob]:
+        """Token texts and bytes for the engine's per-token logprobs."""
+        out = []
+        for token_id, step in zip(token_ids, steps, strict=False):
+            text, data = self._pieces.piece(token_id)
+            top = tuple(TokenLogprob(i, *self._pieces.piece(i), lp) for i, lp in step.top)
+            out.append(TokenLogprob(token_id, text, data, step.logprob, top))
+        return out
 
     @property
     def max_input_tokens(self) -> int:
         """The model's context length (prompt plus generation must fit in it)."""
         return self._max_context
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids the model knows (the width of its logits)."""
+        return self._vocab_size
 
     @property
     def active_generations(self) -> int:
@@ -146,26 +205,56 @@ class LoadedTextGenerator:
         """Tokens in ``text`` as the model will see it."""
         return len(self.encode(text))
 
-    def render_chat(self, messages: Sequence[Mapping[str, Any]]) -> str:
-        """The prompt for ``messages`` from the tokenizer's chat template, ready for a reply.
+    def render_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> str:
+        """The prompt for ``messages`` (and ``tools``) from the chat template, ready for a reply.
 
         Raises:
-            InvalidRequestError: the model has no chat template or the messages do not fit it.
+            InvalidRequestError: the model has no chat template, the messages do not fit it,
+                or (param ``tools``) its template does not render tools.
         """
         if not getattr(self._tokenizer, "chat_template", None):
             raise InvalidRequestError(
                 f"model {self.model_id!r} has no chat template; use /v1/completions instead",
                 param="messages",
             )
+        text = self._apply_template(messages, tools)
+        # A template that ignores tools would let the model answer without knowing them: the
+        # prompt with tools must differ from the one without.
+        if tools and text == self._apply_template(messages, None):
+            raise InvalidRequestError(
+                f"the chat template of model {self.model_id!r} does not render tools; serve it "
+                "with a tool-capable template (hfserve serve --chat-template ALIAS=FILE)",
+                param="tools",
+            )
+        return text
+
+    def _apply_template(
+        self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None
+    ) -> str:
         from jinja2 import TemplateError
 
         try:
             text = self._tokenizer.apply_chat_template(
-                [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+                [dict(m) for m in messages],
+                tools=[dict(t) for t in tools] if tools else None,
+                tokenize=False,
+                add_generation_prompt=True,
             )
         except (TemplateError, ValueError, TypeError, KeyError) as exc:
             raise InvalidRequestError(f"cannot render the chat: {exc}", param="messages") from exc
         return str(text)
+
+    async def compile_grammar(self, schema: Mapping[str, Any], *, param: str) -> CompiledGrammar:
+        """The compiled grammar of a JSON schema for this model's vocabulary (cached, off-loop).
+
+        Raises:
+            InvalidRequestError: the schema is invalid, unsupported or too complex.
+        """
+        return await self._grammars.compile(schema, param=param)
 
     async def start(self) -> None:
         """Start the generation engine."""
@@ -187,10 +276,13 @@ class LoadedTextGenerator:
         prompt_tokens = stream.prompt_tokens
         completion = 0
         pending: list[int] = []
+        logprobs: list[TokenLogprob] | None = [] if request.logprobs is not None else None
         try:
             async for event in stream:
                 completion += len(event.token_ids)
                 pending.extend(event.token_ids)
+                if logprobs is not None and event.logprobs is not None:
+                    logprobs.extend(self._logprobs(event.token_ids, event.logprobs))
                 text = detokenizer.push(event.token_ids)
                 final = event.finish_reason is not None
                 if final:
@@ -198,8 +290,9 @@ class LoadedTextGenerator:
                 out, hit = stops.feed(text, final=final)
                 reason: FinishReason | None = "stop" if hit else event.finish_reason
                 if out or reason is not None:
-                    yield GenerationChunk(out, pending, reason, prompt_tokens, completion)
+                    yield GenerationChunk(out, pending, reason, prompt_tokens, completion, logprobs)
                     pending = []
+                    logprobs = [] if logprobs is not None else None
                 if reason is not None:
                     return
         finally:
@@ -239,14 +332,12 @@ class TextGenerationSkill:
 
         from hfserve.skills._torch import torch_dtype
 
-        if dtype == "auto":
-            # Checkpoint dtype on accelerators; float32 on CPU, where half precision is slow.
-            weights_dtype: Any = torch_dtype("float32") if device == "cpu" else "auto"
-        else:
-            weights_dtype = torch_dtype(dtype)
+        weights_dtype = torch_dtype(dtype)  # resolved by hardware.choose_device, never "auto"
         trust = options.trust_remote_code
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust)
+            if options.chat_template is not None:
+                tokenizer.chat_template = options.chat_template
             model: Any = AutoModelForCausalLM.from_pretrained(
                 model_path, dtype=weights_dtype, trust_remote_code=trust
             )
@@ -268,17 +359,13 @@ class TextGenerationSkill:
 def _context_length(model: Any, tokenizer: Any) -> int:
     """The model's context: config positions, bounded by the tokenizer's own limit."""
     config = model.config.get_text_config()
-    limits = [
-        int(v)
-        for v in (
-            getattr(config, "max_position_embeddings", None),
-            getattr(tokenizer, "model_max_length", None),
-        )
-        if isinstance(v, int | float) and 0 < v < _NO_LIMIT
-    ]
-    if not limits:
+    limit = declared_limit(
+        getattr(config, "max_position_embeddings", None),
+        getattr(tokenizer, "model_max_length", None),
+    )
+    if limit is None:
         raise ModelLoadError("the model declares no context length (max_position_embeddings)")
-    return min(limits)
+    return limit
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:

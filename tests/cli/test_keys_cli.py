@@ -173,7 +173,7 @@ def test_keys_file_from_env(runner: CliRunner, keys_file: Path) -> None:
         app, ["keys", "create", "--name", "env"], env={"HFSERVE_KEYS_FILE": str(keys_file)}
     )
     assert result.exit_code == 0, result.output
-    assert [r.name for r in KeyStore(keys_file).list()] == ["env"]
+    assert [r.name for r in KeyStore(keys_file).list_keys()] == ["env"]
 
 
 def test_default_keys_file_is_under_xdg_config_home(

@@ -22,7 +22,12 @@ def test_skills_list_table_and_json() -> None:
     for name in ("text-generation", "embeddings", "text-classification"):
         assert name in result.output
     data = json.loads(runner.invoke(app, ["skills", "list", "--json"]).stdout)
-    assert [d["name"] for d in data] == ["text-generation", "embeddings", "text-classification"]
+    assert [d["name"] for d in data] == [
+        "text-generation",
+        "embeddings",
+        "text-classification",
+        "image-text-to-text",
+    ]
 
 
 def test_skills_list_shows_plugins_and_reports_broken_ones(echo_plugin: Path) -> None:
@@ -49,7 +54,7 @@ def test_skills_show_and_search() -> None:
     missing = runner.invoke(app, ["skills", "show", "nope"])
     assert missing.exit_code != 0
     found = json.loads(runner.invoke(app, ["skills", "search", "chat", "--json"]).stdout)
-    assert [d["name"] for d in found] == ["text-generation"]
+    assert [d["name"] for d in found] == ["text-generation", "image-text-to-text"]
     by_arch = runner.invoke(
         app,
         ["skills", "search", "--architecture", "BertForSequenceClassification"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import settings
@@ -157,53 +157,6 @@ def test_reset_closes_and_forgets(clock: FakeClock) -> None:
     breaker.allow()
 
 
-def test_failure_rate_opens_when_window_has_enough_calls(clock: FakeClock) -> None:
-    breaker = CircuitBreaker(
-        failure_threshold=100,
-        failure_rate_threshold=0.5,
-        window=10.0,
-        min_calls=4,
-        clock=clock,
-    )
-    breaker.record_failure()
-    breaker.record_success()
-    breaker.record_failure()
-    assert state_of(breaker) is BreakerState.CLOSED  # 2/3 failed, but under min_calls
-    breaker.record_success()
-    # 2/4 reaches the rate, but a success never opens the breaker.
-    assert state_of(breaker) is BreakerState.CLOSED
-    breaker.record_failure()
-    assert state_of(breaker) is BreakerState.OPEN  # 3/5
-    assert breaker.consecutive_failures == 1
-
-
-def test_failure_rate_is_checked_on_failures(clock: FakeClock) -> None:
-    breaker = CircuitBreaker(
-        failure_threshold=100, failure_rate_threshold=0.5, window=10.0, min_calls=4, clock=clock
-    )
-    for _ in range(3):
-        breaker.record_success()
-    breaker.record_failure()
-    assert state_of(breaker) is BreakerState.CLOSED  # 1/4
-    breaker.record_failure()
-    assert state_of(breaker) is BreakerState.CLOSED  # 2/5
-    breaker.record_failure()
-    assert state_of(breaker) is BreakerState.OPEN  # 3/6
-
-
-def test_failure_rate_forgets_calls_older_than_the_window(clock: FakeClock) -> None:
-    breaker = CircuitBreaker(
-        failure_threshold=100, failure_rate_threshold=0.5, window=10.0, min_calls=4, clock=clock
-    )
-    for _ in range(3):
-        breaker.record_failure()
-    clock.advance(10.0)  # the three failures leave the window
-    for _ in range(3):
-        breaker.record_success()
-    breaker.record_failure()
-    assert state_of(breaker) is BreakerState.CLOSED  # 1/4 in the window, not 4/7
-
-
 def test_listener_sees_every_transition(clock: FakeClock) -> None:
     seen: list[tuple[BreakerState, BreakerState]] = []
     breaker = CircuitBreaker(
@@ -242,10 +195,6 @@ def test_failing_listener_does_not_break_the_breaker(
         ({"failure_threshold": 0}, "failure_threshold"),
         ({"recovery_timeout": -1.0}, "recovery_timeout"),
         ({"half_open_max_calls": 0}, "half_open_max_calls"),
-        ({"failure_rate_threshold": 0.0}, "failure_rate_threshold"),
-        ({"failure_rate_threshold": 1.5}, "failure_rate_threshold"),
-        ({"window": 0.0}, "window"),
-        ({"min_calls": 0}, "min_calls"),
     ],
 )
 def test_rejects_invalid_configuration(kwargs: dict[str, float], message: str) -> None:
@@ -328,15 +277,11 @@ class _Model:
     threshold: int
     recovery: float
     probes_max: int
-    rate: float | None
-    window: float
-    min_calls: int
     state: str = "closed"
     opened_at: float = 0.0
     consecutive: int = 0
     opened: int = 0
     probes: int = 0
-    calls: list[tuple[float, bool]] = field(default_factory=list)
 
     def tick(self, now: float) -> None:
         if self.state == "open" and now - self.opened_at >= self.recovery:
@@ -347,7 +292,7 @@ class _Model:
         self.opened += 1
 
     def close(self) -> None:
-        self.state, self.consecutive, self.probes, self.calls = "closed", 0, 0, []
+        self.state, self.consecutive, self.probes = "closed", 0, 0
 
     def outcome(self, now: float, failed: bool) -> None:
         self.tick(now)
@@ -358,13 +303,7 @@ class _Model:
                 self.close()
         elif self.state == "closed":
             self.consecutive = self.consecutive + 1 if failed else 0
-            self.calls = [(t, f) for t, f in [*self.calls, (now, failed)] if t > now - self.window]
-            by_rate = (
-                self.rate is not None
-                and len(self.calls) >= self.min_calls
-                and sum(f for _, f in self.calls) / len(self.calls) >= self.rate
-            )
-            if failed and (self.consecutive >= self.threshold or by_rate):
+            if failed and self.consecutive >= self.threshold:
                 self.open(now)
 
 
@@ -382,29 +321,15 @@ class BreakerMachine(RuleBasedStateMachine):
         threshold=st.integers(1, 4),
         recovery=st.sampled_from([0.0, 1.0, 5.0]),
         probes=st.integers(1, 3),
-        rate=st.sampled_from([None, 0.3, 0.5, 1.0]),
-        window=st.sampled_from([2.0, 10.0]),
-        min_calls=st.integers(1, 5),
     )
-    def configure(
-        self,
-        threshold: int,
-        recovery: float,
-        probes: int,
-        rate: float | None,
-        window: float,
-        min_calls: int,
-    ) -> None:
+    def configure(self, threshold: int, recovery: float, probes: int) -> None:
         self.breaker = CircuitBreaker(
             failure_threshold=threshold,
             recovery_timeout=recovery,
             half_open_max_calls=probes,
-            failure_rate_threshold=rate,
-            window=window,
-            min_calls=min_calls,
             clock=self.clock,
         )
-        self.model = _Model(threshold, recovery, probes, rate, window, min_calls)
+        self.model = _Model(threshold, recovery, probes)
 
     @precondition(lambda self: self.breaker is not None)
     @rule(seconds=st.sampled_from([0.0, 0.5, 1.0, 2.5, 5.0]))

@@ -50,7 +50,7 @@ def test_each_key_is_unique(store: KeyStore) -> None:
     created = [store.create(f"k{i}") for i in range(5)]
     assert len({key for _, key in created}) == 5
     assert len({record.id for record, _ in created}) == 5
-    assert [r.id for r in store.list()] == [r.id for r, _ in created]
+    assert [r.id for r in store.list_keys()] == [r.id for r, _ in created]
 
 
 def test_the_file_never_contains_the_plaintext_key(store: KeyStore, path: Path) -> None:
@@ -187,7 +187,7 @@ def test_has_keys_counts_revoked_and_expired_keys(store: KeyStore, clock: FakeCl
 
 
 def test_missing_file_is_an_empty_store(store: KeyStore, path: Path) -> None:
-    assert store.list() == []
+    assert store.list_keys() == []
     assert not path.exists()  # reading never creates anything
     store.reload()
     assert not store.has_keys()
@@ -235,11 +235,11 @@ def test_unchanged_file_is_not_re_read(
 def test_reload_forces_a_re_read(path: Path, clock: FakeClock) -> None:
     writer = KeyStore(path, clock=clock)
     server = KeyStore(path, clock=clock, reload_interval=3600)
-    assert server.list() == []
+    assert server.list_keys() == []
     record, _ = writer.create("a")
-    assert server.list() == []
+    assert server.list_keys() == []
     server.reload()
-    assert server.list() == [record]
+    assert server.list_keys() == [record]
 
 
 def test_deleted_file_empties_the_store(path: Path, clock: FakeClock) -> None:
@@ -312,13 +312,13 @@ def test_invalid_fields_are_reported(
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"version": 1, "keys": [_entry(**overrides)]}))
     with pytest.raises(ConfigError, match=reason):
-        KeyStore(path, clock=clock).list()
+        KeyStore(path, clock=clock).list_keys()
 
 
 def test_a_valid_hand_written_entry_loads(path: Path, clock: FakeClock) -> None:
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"version": 1, "keys": [_entry(rpm=5, created_at=1)]}))
-    (record,) = KeyStore(path, clock=clock).list()
+    (record,) = KeyStore(path, clock=clock).list_keys()
     assert (record.rpm, record.created_at) == (5, 1.0)
 
 
@@ -326,7 +326,7 @@ def test_unreadable_file_raises_config_error(path: Path, clock: FakeClock) -> No
     path.parent.mkdir(parents=True)
     path.write_bytes(b"\xff\xfe not utf-8")
     with pytest.raises(ConfigError, match="cannot read API key file"):
-        KeyStore(path, clock=clock).list()
+        KeyStore(path, clock=clock).list_keys()
 
 
 def test_unstatable_path_raises_config_error(tmp_path: Path, clock: FakeClock) -> None:
@@ -426,7 +426,7 @@ def test_concurrent_writers_lose_no_keys(path: Path, clock: FakeClock) -> None:
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         ids = [key_id for batch in pool.map(writer, range(4)) for key_id in batch]
-    assert sorted(r.id for r in KeyStore(path, clock=clock).list()) == sorted(ids)
+    assert sorted(r.id for r in KeyStore(path, clock=clock).list_keys()) == sorted(ids)
     assert len(ids) == 40
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.tools import find_tool
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = REPO / "deployments"
@@ -17,17 +18,6 @@ CHART = DEPLOYMENTS / "helm" / "hfserve"
 TOOL_TIMEOUT_S = 60
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def _find(name: str) -> str:
-    local = REPO / ".ci" / "bin" / name
-    found = shutil.which(name) or (str(local) if local.is_file() else None)
-    if found is None:
-        pytest.fail(
-            f"{name} is not installed: run `bash .ci/install-validators.sh` (CI does)",
-            pytrace=False,
-        )
-    return found
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +42,7 @@ def run_tool(tool_home: Path) -> Runner:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HFSERVE_")}
         env.update(HOME=str(tool_home), XDG_CACHE_HOME=str(tool_home / "cache"), NO_COLOR="1")
         return subprocess.run(
-            [_find(name), *map(str, args)],
+            [find_tool(name), *map(str, args)],
             cwd=cwd,
             env=env,
             capture_output=True,

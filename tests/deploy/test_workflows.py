@@ -60,3 +60,21 @@ def test_deploy_and_release_flow() -> None:
     release = _load(REPO / ".github" / "workflows" / "release.yml")
     assert release["jobs"]["pypi"]["permissions"] == {"id-token": "write"}
     assert release["jobs"]["pypi"]["steps"][-1]["uses"].startswith("pypa/gh-action-pypi-publish@")
+
+
+def test_release_builds_from_a_version_tag() -> None:
+    release = _load(REPO / ".github" / "workflows" / "release.yml")
+    assert release[True] == {"push": {"tags": ["v*.*.*"]}}  # tags only, never a branch push
+    dist = release["jobs"]["dist"]
+    assert dist["needs"] == "notes"  # the tag was checked against hfserve/_version.py first
+    assert dist["steps"][0]["with"] == {"ref": "${{ github.ref }}"}
+    runs = " ".join(str(step.get("run", "")) for step in dist["steps"])
+    assert "python -m build" in runs and "twine check --strict" in runs
+    assert "dist/hfserve-$VERSION-py3-none-any.whl" in runs
+
+
+def test_ci_holds_the_full_run_to_the_coverage_floor() -> None:
+    # The floor lives on the full command only, so `pytest -m "not slow"` never trips it.
+    test = _load(REPO / ".github" / "workflows" / "test.yml")
+    runs = " ".join(str(s.get("run", "")) for job in test["jobs"].values() for s in job["steps"])
+    assert "pytest --cov --cov-fail-under=95" in runs

@@ -236,6 +236,9 @@ def test_a_hanging_load_is_cut_by_the_load_timeout(
         assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
         assert error_shape(refused.json())["code"] == "circuit_open"
         assert hanging_skill.loads == 2
+        # Unblock the stuck loads before the app shuts down, which waits for its load threads:
+        # released only at fixture teardown, they held this test for their whole 60 s.
+        hanging_skill.release.set()
 
 
 def _slow_reader(url: str, headers: dict[str, str]) -> socket.socket:

@@ -28,7 +28,7 @@ def test_no_auth_on_a_reachable_host_starts_and_says_so(start_server: StartServe
     server = start_server("--host", "0.0.0.0", "--no-auth", env=WIDE)
     log = server.log()
     assert "Auth     off: --no-auth" in log
-    assert "warning: serving on 0.0.0.0 without API keys (--no-auth)" in log
+    assert "serving on 0.0.0.0 without API keys (--no-auth)" in log
     assert httpx.get(server.url + "/v1/models").status_code == 200
 
 

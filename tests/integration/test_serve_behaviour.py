@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fixtures.tools import find_tool
 from tests.integration.conftest import StartServer
 
 pytestmark = pytest.mark.integration
@@ -121,8 +121,7 @@ def test_sigterm_during_stream_drains_then_exits_zero(start_server: StartServer)
 
 
 def test_metrics_pass_promtool(start_server: StartServer, tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool missing: .ci/run installs the Debian package 'prometheus'"
+    promtool = find_tool("promtool")
     server = start_server("--no-auth")
     httpx.post(server.url + "/v1/chat/completions", json=STREAM | {"max_tokens": 3}, timeout=60)
     httpx.post(server.url + "/v1/embeddings", json={"model": "tiny-bert", "input": "x"}, timeout=60)

@@ -84,6 +84,7 @@ async def test_demo_models_load_offline(monkeypatch: pytest.MonkeyPatch, tmp_pat
         await loader.aclose()
 
 
+@pytest.mark.slow  # builds the demo chat model
 def test_stale_demo_build_is_replaced(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     target = tmp_path / "demo-chat"
     target.mkdir()

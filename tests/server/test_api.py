@@ -182,13 +182,15 @@ def test_completions_variants(client: TestClient) -> None:
         "/v1/completions", json={"model": "tiny-llama", "prompt": [5, 6, 7], "max_tokens": 2}
     )
     assert ids.status_code == 200 and ids.json()["usage"]["prompt_tokens"] == 3
-    assert_error(
-        client.post(
-            "/v1/completions", json={"model": "tiny-llama", "prompt": [10**9], "max_tokens": 2}
-        ),
-        400,
-        param="prompt",
-    )
+    # Checked by the route against the model's declared vocab_size, before any generation.
+    model = client.app.state.hfserve.loader.cache.get("tiny-llama")  # type: ignore[attr-defined]
+    for bad in ([10**9], [model.vocab_size], [-1]):
+        refused = client.post(
+            "/v1/completions", json={"model": "tiny-llama", "prompt": bad, "max_tokens": 2}
+        )
+        assert_error(refused, 400, param="prompt")
+        message = refused.json()["error"]["message"]
+        assert message == f"prompt token ids must be integers in [0, {model.vocab_size})"
 
 
 def test_completions_stream(client: TestClient) -> None:
@@ -249,9 +251,10 @@ def test_classifications(client: TestClient) -> None:
         (CHAT | {"max_tokens": -1}, "max_tokens"),
         (CHAT | {"max_tokens": 10**9}, "max_tokens"),
         (CHAT | {"n": 0}, "n"),
-        (CHAT | {"presence_penalty": 1.0}, "presence_penalty"),
-        (CHAT | {"logprobs": True}, "logprobs"),
-        (CHAT | {"tools": [{"type": "function"}]}, "tools"),
+        (CHAT | {"presence_penalty": 3.0}, "presence_penalty"),
+        (CHAT | {"top_logprobs": 3}, "top_logprobs"),
+        (CHAT | {"logit_bias": {"100000": 5}}, "logit_bias"),
+        (CHAT | {"tools": [{"type": "function"}]}, "tools.0.function"),
         (CHAT | {"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"model": "tiny-llama", "messages": []}, "messages"),
         (
@@ -383,7 +386,7 @@ def test_auth(make_client: Any, tmp_path: Any) -> None:
     assert client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     assert client.get("/v1/models", headers={"x-api-key": key}).status_code == 200
     assert client.get("/health").status_code == 200 and client.get("/metrics").status_code == 200
-    record = store.list()[0]
+    record = store.list_keys()[0]
     store.revoke(record.id)
     deadline = time.monotonic() + 1.0  # the server re-reads the keys file at most every 0.25 s
     while client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code != 401:

@@ -11,6 +11,7 @@ from hfserve.server.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    _Sampling,
     parse_body,
 )
 
@@ -72,10 +73,18 @@ def test_max_completion_tokens_wins_and_min_tokens_is_bounded() -> None:
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"frequency_penalty": 0.5}, "frequency_penalty"),
-        ({"logit_bias": {"1": 2}}, "logit_bias"),
+        ({"frequency_penalty": 2.5}, "frequency_penalty"),
+        ({"presence_penalty": -3}, "presence_penalty"),
+        ({"logit_bias": {"one": 2}}, "logit_bias"),
+        ({"logit_bias": {"1": 101}}, "logit_bias"),
+        ({"logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"top_k": -2}, "top_k"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
         ({"tool_choice": {"type": "function"}}, "tool_choice"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "json"}}, "response_format.type"),
         ({"max_tokens": 2, "min_tokens": 3}, "min_tokens"),
     ],
 )
@@ -85,11 +94,30 @@ def test_unsupported_chat_parameters_are_named(extra: dict[str, Any], param: str
     assert info.value.param == param
 
 
+def test_sampling_fields_are_parsed() -> None:
+    body = parse_body(
+        ChatCompletionRequest,
+        {"model": "m", "messages": MSG, "logit_bias": {"7": -100, "12": 5.5}, "logprobs": True},
+    )
+    assert body.token_bias() == {7: -100.0, 12: 5.5}
+    assert body.logprobs_count() == 0
+    plain = parse_body(ChatCompletionRequest, {"model": "m", "messages": MSG})
+    assert plain.token_bias() == {} and plain.logprobs_count() is None
+    legacy = parse_body(CompletionRequest, {"model": "m", "prompt": "p", "logprobs": 3})
+    assert legacy.logprobs_count() == 3
+    explicit_null = parse_body(
+        ChatCompletionRequest, {"model": "m", "messages": MSG, "logit_bias": None}
+    )
+    assert explicit_null.token_bias() == {}
+    # The shared base has no logprobs field of its own.
+    assert _Sampling.model_validate({"model": "m"}).logprobs_count() is None
+
+
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
         ({"echo": True}, "echo"),
-        ({"logprobs": 2}, "logprobs"),
+        ({"logprobs": 6}, "logprobs"),
         ({"best_of": 3}, "best_of"),
         ({"suffix": "x"}, "suffix"),
     ],

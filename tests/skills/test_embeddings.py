@@ -57,6 +57,7 @@ async def test_minilm_matches_sentence_transformers_encode(sentence_transformer:
     async for model in _loaded(minilm_path(), batch_observer=log):
         result = await model.embed(TEXTS)
         assert model.max_input_tokens == 256  # sentence_bert_config.json, not the 512 positions
+        assert model.vocab_size == 30522  # bert-base-uncased's vocabulary
         assert result.truncated == 0
         expected = sentence_transformer.encode(TEXTS)  # type: ignore[attr-defined]
         np.testing.assert_allclose(np.array(result.vectors), expected, atol=1e-5, rtol=0)

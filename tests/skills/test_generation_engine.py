@@ -235,8 +235,14 @@ INVALID = [
     ({"prompt_ids": [-1]}, "prompt"),
     ({"max_new_tokens": 0}, "max_tokens"),
     ({"max_new_tokens": 250}, "max_tokens"),
-    ({"temperature": -0.5}, None),
-    ({"top_p": 0.0}, None),
+    ({"temperature": -0.5}, "temperature"),
+    ({"top_p": 0.0}, "top_p"),
+    ({"top_k": -1}, "top_k"),
+    ({"min_p": 1.5}, "min_p"),
+    ({"repetition_penalty": 0.0}, "repetition_penalty"),
+    ({"logprobs": 21}, "top_logprobs"),
+    ({"logit_bias": {10_000: 1.0}}, "logit_bias"),
+    ({"logit_bias": dict.fromkeys(range(301), 1.0)}, "logit_bias"),
 ]
 
 
@@ -372,21 +378,22 @@ async def test_kv_cache_is_sized_from_concurrency(tiny_models: TinyModels) -> No
 
 async def test_router_hands_outputs_to_the_event_loop() -> None:
     loop = asyncio.get_running_loop()
-    received: list[list[Any]] = []
+    received: list[tuple[list[Any], Any]] = []
     both = asyncio.Event()
 
-    def receive(batch: list[Any]) -> None:
-        received.append(batch)
+    def receive(batch: list[Any], extra: Any) -> None:
+        received.append((batch, extra))
         if len(received) == 2:
             both.set()
 
-    router = _build_router(loop, receive)
+    router = _build_router(loop, receive, len)
     router.deliver("one")
     router.deliver_batch([])
     router.deliver_batch(["two", "three"])
     async with asyncio.timeout(HANG_GUARD):
         await both.wait()
-    assert received == [["one"], ["two", "three"]]
+    # What ``collect`` made of each batch on the manager thread travels with it.
+    assert received == [(["one"], 1), (["two", "three"], 2)]
 
 
 async def test_bad_continuous_batching_config_is_a_load_error(tiny_models: TinyModels) -> None:

@@ -38,10 +38,15 @@ class _FakeSkill:
 
 def test_builtins_are_listed_in_priority_order() -> None:
     registry = SkillRegistry()
-    names = [info.name for info in registry.list()]
-    assert names == ["text-generation", "embeddings", "text-classification"]
-    assert {info.source for info in registry.list()} == {"builtin"}
-    assert registry.tasks() == ["embeddings", "text-classification", "text-generation"]
+    names = [info.name for info in registry.list_skills()]
+    assert names == ["text-generation", "embeddings", "text-classification", "image-text-to-text"]
+    assert {info.source for info in registry.list_skills()} == {"builtin"}
+    assert registry.tasks() == [
+        "embeddings",
+        "image-text-to-text",
+        "text-classification",
+        "text-generation",
+    ]
     assert registry.errors == []
 
 
@@ -130,20 +135,20 @@ def test_folder_without_config_and_unknown_hub_id_fail_clearly(tmp_path: Path) -
 
 def test_search_filters_combine() -> None:
     registry = SkillRegistry()
-    assert [i.name for i in registry.search("chat")] == ["text-generation"]
+    assert [i.name for i in registry.search("chat")] == ["text-generation", "image-text-to-text"]
     assert [i.name for i in registry.search(task="embeddings")] == ["embeddings"]
     assert [i.name for i in registry.search(architecture="LlamaForCausalLM")] == ["text-generation"]
     assert [i.name for i in registry.search(architecture="BertForSequenceClassification")] == [
         "text-classification"
     ]
-    assert len(registry.search(hardware="CUDA")) == 3
+    assert len(registry.search(hardware="CUDA")) == 4
     assert registry.search(hardware="tpu") == []
     assert registry.search("chat", task="embeddings") == []
 
 
 def test_plugin_is_discovered_with_its_distribution_as_source(echo_plugin: Path) -> None:
     registry = SkillRegistry()
-    echo = next(i for i in registry.list() if i.name == "echo")
+    echo = next(i for i in registry.list_skills() if i.name == "echo")
     assert echo.source == "hfserve-echo-skill"
     assert echo.task == "embeddings"
     assert [i.name for i in registry.search(hardware="cpu")][-1] == "echo"
@@ -152,7 +157,7 @@ def test_plugin_is_discovered_with_its_distribution_as_source(echo_plugin: Path)
 
 def test_broken_plugins_are_reported_not_raised(echo_plugin: Path) -> None:
     registry = SkillRegistry()
-    names = [i.name for i in registry.list()]
+    names = [i.name for i in registry.list_skills()]
     assert "echo" in names
     errors = {e.entry_point.split(" ")[0]: e for e in registry.errors}
     assert set(errors) == {"broken-import", "not-a-skill"}
@@ -164,7 +169,7 @@ def test_broken_plugins_are_reported_not_raised(echo_plugin: Path) -> None:
 
 def test_plugin_name_clash_with_a_builtin_is_reported(echo_plugin: Path) -> None:
     registry = SkillRegistry(skills=[_FakeSkill("echo", "embeddings")])
-    assert [i.source for i in registry.list() if i.name == "echo"] == ["test"]
+    assert [i.source for i in registry.list_skills() if i.name == "echo"] == ["test"]
     assert any("already taken" in e.message for e in registry.errors)
 
 
@@ -190,9 +195,9 @@ def test_plugin_given_as_instance_or_failing_factory(monkeypatch: pytest.MonkeyP
     eps = [_EP("inst", "x:inst", "hfserve.skills"), _EP("boom", "x:boom", "hfserve.skills")]
     monkeypatch.setattr(reg, "entry_points", lambda group: eps)
     registry = SkillRegistry(include_builtins=False)
-    assert [i.name for i in registry.list()] == ["inst"]
+    assert [i.name for i in registry.list_skills()] == ["inst"]
     assert registry.get("inst") is instance
-    assert registry.list()[0].source == "plugin"
+    assert registry.list_skills()[0].source == "plugin"
     (error,) = registry.errors
     assert error.distribution == "unknown" and "factory exploded" in error.message
 
@@ -202,7 +207,7 @@ def test_broken_builtin_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(reg, "BUILTIN_SKILLS", ("hfserve.skills.nope:Skill", "uuid:uuid4"))
     registry = SkillRegistry()
-    assert registry.list() == []
+    assert registry.list_skills() == []
     messages = [e.message for e in registry.errors]
     assert "ModuleNotFoundError" in messages[0]
     assert "is not a skill" in messages[1]
@@ -212,7 +217,7 @@ def test_listing_skills_imports_neither_torch_nor_transformers() -> None:
     code = (
         "import sys\n"
         "from hfserve.skills.registry import SkillRegistry\n"
-        "r = SkillRegistry(); r.list(); r.search('x')\n"
+        "r = SkillRegistry(); r.list_skills(); r.search('x')\n"
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -41,7 +41,7 @@ MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content
 @pytest.fixture
 async def llama(tiny_models: TinyModels) -> AsyncIterator[LoadedTextGenerator]:
     """The tiny Llama loaded through the skill and started."""
-    loaded = TextGenerationSkill().load(str(tiny_models.llama), "cpu", "auto", RuntimeOptions())
+    loaded = TextGenerationSkill().load(str(tiny_models.llama), "cpu", "float32", RuntimeOptions())
     await loaded.start()
     yield loaded
     await loaded.aclose()
@@ -76,6 +76,7 @@ async def test_loaded_model_satisfies_the_contract(llama: LoadedTextGenerator) -
     assert llama.device == "cpu"
     assert llama.dtype == "float32"
     assert llama.max_input_tokens == 256
+    assert llama.vocab_size == llama._model.get_input_embeddings().num_embeddings
     assert llama.active_generations == 0
     text = "hello world 🙂"
     assert llama.count_tokens(text) == len(llama.encode(text)) > 0
@@ -122,6 +123,12 @@ def test_chat_template_problems_are_invalid_requests(
 
 def test_unloadable_path_is_a_load_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="cannot load"):
+        TextGenerationSkill().load(str(tmp_path / "missing"), "cpu", "float32", RuntimeOptions())
+
+
+def test_auto_is_resolved_before_a_skill_loads(tmp_path: Path) -> None:
+    # One dtype policy: hardware.choose_device resolves "auto"; a skill never sees it.
+    with pytest.raises(ModelLoadError, match="unsupported dtype 'auto'"):
         TextGenerationSkill().load(str(tmp_path / "missing"), "cpu", "auto", RuntimeOptions())
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,7 +23,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Send
 
 from hfserve.errors import HfServeError, InvalidRequestError
+from hfserve.server.chat_output import ChoiceStream, OutputPlan, plan_output
 from hfserve.server.errors import error_body, status_for
+from hfserve.server.media import load_chat_inputs, refuse_images
 from hfserve.server.openai_fields import IGNORED_FIELDS
 from hfserve.server.requests import (
     cached_json,
@@ -34,9 +37,18 @@ from hfserve.server.requests import (
     run_until_disconnect,
     server_state,
 )
+from hfserve.server.routes.logprobs import chat_logprobs, completion_logprobs
 from hfserve.server.schemas import ChatCompletionRequest, CompletionRequest, _Sampling, parse_body
 from hfserve.server.state import ServerState
-from hfserve.skills.base import GenerationChunk, GenerationModel, GenerationRequest
+from hfserve.skills.base import (
+    GenerationChunk,
+    GenerationModel,
+    GenerationRequest,
+    MultimodalGenerationModel,
+    StructuredGenerationModel,
+    TokenLogprob,
+)
+from hfserve.skills.limits import check_token_ids
 
 __all__ = ["chat_completions", "completions"]
 
@@ -51,6 +63,7 @@ class _Choice:
     text: list[str] = field(default_factory=list)
     finish_reason: str | None = None
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,13 +77,23 @@ class _Job:
     prompts: list[list[int]]
     max_new_tokens: int
     started: float
+    plan: OutputPlan
+    # Extra model inputs (pixel values) of a multimodal chat, shared by its ``n`` choices.
+    media: Mapping[str, Any] | None = None
 
     @property
     def prompt_tokens(self) -> int:
         return sum(len(p) for p in self.prompts)
 
+    def indices(self) -> range:
+        """The choice indices: ``n`` per prompt."""
+        return range(len(self.prompts) * self.body.n)
+
     def requests(self) -> list[tuple[int, GenerationRequest]]:
-        """Every (choice index, engine request): ``n`` per prompt, seeds offset per choice."""
+        """Every (choice index, engine request): ``n`` per prompt, seeds offset per choice.
+
+        Each request gets its own grammar matcher, so call this once per generation.
+        """
         body = self.body
         out = []
         for p_index, prompt in enumerate(self.prompts):
@@ -87,6 +110,15 @@ class _Job:
                             stop=body.stop_sequences(),
                             ignore_eos=body.ignore_eos,
                             min_tokens=body.min_tokens,
+                            top_k=max(body.top_k or 0, 0),
+                            min_p=body.min_p or 0.0,
+                            presence_penalty=body.presence_penalty or 0.0,
+                            frequency_penalty=body.frequency_penalty or 0.0,
+                            repetition_penalty=body.repetition_penalty or 1.0,
+                            logit_bias=body.token_bias(),
+                            logprobs=body.logprobs_count(),
+                            grammar=self.plan.matcher(),
+                            media=self.media,
                         ),
                     )
                 )
@@ -99,9 +131,34 @@ async def chat_completions(request: Request) -> Response:
     state = server_state(request)
     body = parse_body(ChatCompletionRequest, await read_json(request))
     model = await load_model(state, request, body.model, GenerationModel, "/v1/chat/completions")  # type: ignore[type-abstract]
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    prompt_ids = model.encode(model.render_chat(messages))
-    job = _make_job(state, "chat", body, model, [prompt_ids], body.max_new_tokens(), started)
+    output = body.output()
+    media = None
+    if isinstance(model, MultimodalGenerationModel):
+        inputs = await load_chat_inputs(body.messages, state.settings)
+        prepared = await asyncio.to_thread(model.prepare_chat, inputs.messages, inputs.images)
+        prompt_ids, media = prepared.prompt_ids, prepared.media
+    else:
+        refuse_images(body.messages, body.model)
+        messages = [m.to_template() for m in body.messages]
+        if output.tools is None:
+            prompt = model.render_chat(messages)
+        elif isinstance(model, StructuredGenerationModel):
+            try:
+                prompt = model.render_chat(messages, tools=output.tools)
+            except InvalidRequestError as exc:
+                # The skill speaks of tools; a legacy request sent them as ``functions``.
+                if output.legacy and exc.param == "tools":
+                    raise InvalidRequestError(exc.message, param="functions") from None
+                raise
+        else:
+            raise InvalidRequestError(
+                "this model does not support tools",
+                param="functions" if output.legacy else "tools",
+            )
+        prompt_ids = model.encode(prompt)
+    plan = await plan_output(output, model)
+    job = _make_job(state, "chat", body, model, [prompt_ids], body.max_new_tokens(), started, plan)
+    job = dataclasses.replace(job, media=media)
     return await _respond(request, state, job)
 
 
@@ -117,7 +174,6 @@ async def completions(request: Request) -> Response:
             param="prompt",
         )
     model = await load_model(state, request, body.model, GenerationModel, "/v1/completions")  # type: ignore[type-abstract]
-    vocab = getattr(model, "vocab_size", None)
     ids: list[list[int]] = []
     for prompt in prompts:
         if isinstance(prompt, str):
@@ -125,14 +181,35 @@ async def completions(request: Request) -> Response:
             continue
         if not prompt:
             raise InvalidRequestError("prompt token lists must not be empty", param="prompt")
-        if any(t < 0 or (vocab is not None and t >= vocab) for t in prompt):
-            raise InvalidRequestError(
-                f"prompt token ids must be in [0, {vocab if vocab is not None else 'vocab size'})",
-                param="prompt",
-            )
+        check_token_ids(prompt, model.vocab_size, param="prompt", where="prompt ")
         ids.append(prompt)
-    job = _make_job(state, "text", body, model, ids, body.max_tokens, started)
+    plan = await plan_output(body.output(), model)
+    job = _make_job(state, "text", body, model, ids, body.max_tokens, started, plan)
     return await _respond(request, state, job)
+
+
+# Image-text-to-text models run on the batched generate path (transformers' continuous batching
+# takes no pixel inputs), which has temperature, top_p, seed, stops and lengths but not the
+# tensor sampling stage's extras: refuse them rather than ignore them.
+_GENERATE_PATH_UNSUPPORTED = (
+    "logprobs",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "logit_bias",
+    "top_k",
+    "min_p",
+)
+
+
+def _refuse_unsupported_on_generate_path(body: _Sampling) -> None:
+    for name in _GENERATE_PATH_UNSUPPORTED:
+        value = getattr(body, name, None)
+        if value not in (None, False, 0, {}) and not (name == "repetition_penalty" and value == 1):
+            raise InvalidRequestError(
+                f"{name} is not supported for image-text-to-text models yet", param=name
+            )
 
 
 def _make_job(
@@ -143,7 +220,15 @@ def _make_job(
     prompts: list[list[int]],
     requested: int | None,
     started: float,
+    plan: OutputPlan,
 ) -> _Job:
+    if isinstance(model, MultimodalGenerationModel):
+        _refuse_unsupported_on_generate_path(body)
+    vocab = getattr(model, "vocab_size", None)
+    if vocab is not None and any(i >= vocab for i in body.token_bias()):
+        raise InvalidRequestError(
+            f"logit_bias token ids must be in [0, {vocab}) for this model", param="logit_bias"
+        )
     limit = state.settings.max_tokens_limit
     param = (
         "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
@@ -180,7 +265,7 @@ def _make_job(
         )
     else:
         max_new = requested
-    return _Job(kind, body.model, model, body, prompts, max_new, started)
+    return _Job(kind, body.model, model, body, prompts, max_new, started, plan)
 
 
 async def _respond(request: Request, state: ServerState, job: _Job) -> Response:
@@ -191,16 +276,16 @@ async def _respond(request: Request, state: ServerState, job: _Job) -> Response:
         )
 
     async def produce() -> dict[str, Any]:
-        choices = {index: _Choice(index) for index, _ in job.requests()}
+        choices = {index: _Choice(index) for index in job.indices()}
         try:
             await run_until_disconnect(request, _collect(state, job, choices))
         finally:
             # Whatever ended the request (done, hang-up, error, drain), the key pays for
             # every token generated for it: charging only on success would let a client
             # bypass its tokens/min budget by hanging up before the answer.
-            await _charge(state, request, job, choices.values())
+            await _charge(state, request, job.prompt_tokens + _generated(choices.values()))
         ordered = [choices[i] for i in sorted(choices)]
-        return _final_body(job, ordered, sum(c.completion_tokens for c in ordered))
+        return _final_body(job, ordered, _generated(ordered))
 
     deterministic = body.temperature == 0 and body.n == 1
     cache_request = (
@@ -230,15 +315,7 @@ def _final_body(job: _Job, choices: Sequence[_Choice], completion: int) -> dict[
             "created": now_ts(),
             "model": job.model_name,
             "system_fingerprint": None,
-            "choices": [
-                {
-                    "index": c.index,
-                    "message": {"role": "assistant", "content": "".join(c.text)},
-                    "logprobs": None,
-                    "finish_reason": c.finish_reason,
-                }
-                for c in choices
-            ],
+            "choices": [_chat_choice(job.plan, c) for c in choices],
             "usage": usage,
         }
     return {
@@ -251,12 +328,23 @@ def _final_body(job: _Job, choices: Sequence[_Choice], completion: int) -> dict[
             {
                 "index": c.index,
                 "text": "".join(c.text),
-                "logprobs": None,
+                "logprobs": None if c.logprobs is None else completion_logprobs(c.logprobs),
                 "finish_reason": c.finish_reason,
             }
             for c in choices
         ],
         "usage": usage,
+    }
+
+
+def _chat_choice(plan: OutputPlan, choice: _Choice) -> dict[str, Any]:
+    message, finish = plan.message("".join(choice.text), choice.finish_reason)
+    logprobs = None if choice.logprobs is None else chat_logprobs(choice.logprobs)
+    return {
+        "index": choice.index,
+        "message": message,
+        "logprobs": logprobs,
+        "finish_reason": finish,
     }
 
 
@@ -278,11 +366,12 @@ class _ClosingStreamingResponse(StreamingResponse):
             await super().stream_response(send)
 
 
-async def _charge(
-    state: ServerState, request: Request, job: _Job, choices: Iterable[_Choice]
-) -> None:
-    """Debit the prompt and the tokens generated so far, even while being cancelled."""
-    tokens = job.prompt_tokens + sum(c.completion_tokens for c in choices)
+def _generated(choices: Iterable[_Choice]) -> int:
+    return sum(c.completion_tokens for c in choices)
+
+
+async def _charge(state: ServerState, request: Request, tokens: int) -> None:
+    """Debit ``tokens`` from the key's budget, even while the request is being cancelled."""
     # Shielded: on a hang-up or at the end of a drain this runs inside a cancelled scope,
     # where an unshielded await (a Redis round trip) would be cancelled before it debits.
     with anyio.CancelScope(shield=True):
@@ -295,6 +384,8 @@ async def _collect(state: ServerState, job: _Job, choices: dict[int, _Choice]) -
         choice = choices[index]
         choice.text.append(chunk.text)
         choice.completion_tokens = chunk.completion_tokens
+        if chunk.logprobs is not None:
+            choice.logprobs = (choice.logprobs or []) + chunk.logprobs
         if chunk.finish_reason is not None:
             choice.finish_reason = chunk.finish_reason
 
@@ -362,7 +453,8 @@ async def _sse(request: Request, state: ServerState, job: _Job) -> AsyncIterator
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     created = now_ts()
     obj = "chat.completion.chunk" if chat else "text_completion"
-    choices = {index: _Choice(index) for index, _ in job.requests()}
+    completion: dict[int, int] = {}
+    offsets: dict[int, int] = {}
     charged = False
 
     def event(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
@@ -378,31 +470,62 @@ async def _sse(request: Request, state: ServerState, job: _Job) -> AsyncIterator
             payload["usage"] = usage
         return b"data: " + dumps_json(payload) + b"\n\n"
 
-    def choice(
-        index: int, text: str | None, finish: str | None, role: bool = False
-    ) -> dict[str, Any]:
-        if not chat:
-            return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
-        delta: dict[str, Any] = {}
-        if role:
-            delta["role"] = "assistant"
-        if text is not None:
-            delta["content"] = text
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def encode_logprobs(index: int, items: list[TokenLogprob] | None) -> dict[str, Any] | None:
+        if items is None:
+            return None
+        if chat:
+            return chat_logprobs(items)
+        start = offsets.get(index, 0)
+        offsets[index] = start + sum(len(item.token) for item in items)
+        return completion_logprobs(items, start)
 
+    def text_choice(
+        index: int, text: str, finish: str | None, logprobs: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+    def chat_choice(
+        index: int, delta: dict[str, Any], finish: str | None, logprobs: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+
+    streams: dict[int, ChoiceStream] = {i: job.plan.stream() for i in job.indices()}
     try:
         if chat:
-            yield event([choice(i, "", None, role=True) for i, _ in job.requests()])
+            role = {"role": "assistant", "content": ""}
+            yield event([chat_choice(i, role, None, None) for i in job.indices()])
         async for index, chunk in _merged(state, job):
-            choices[index].completion_tokens = chunk.completion_tokens
-            if chunk.text or chunk.finish_reason is None:
-                yield event([choice(index, chunk.text, None)])
+            completion[index] = chunk.completion_tokens
+            # A chunk's logprobs ride on its first event: the text, else the finish.
+            logprobs = encode_logprobs(index, chunk.logprobs)
+            if not chat:
+                if chunk.text or chunk.finish_reason is None:
+                    yield event([text_choice(index, chunk.text, None, logprobs)])
+                    logprobs = None
+                if chunk.finish_reason is not None:
+                    yield event([text_choice(index, "", chunk.finish_reason, logprobs)])
+                continue
+            stream = streams[index]
+            deltas = stream.feed(chunk.text)
+            if not deltas and chunk.finish_reason is None:
+                # An empty step still shows the client that tokens flow (held tool-call text
+                # does not, unless its logprobs must go out).
+                if job.plan.request.tool_mode is None:
+                    deltas = [{"content": ""}]
+                elif logprobs is not None:
+                    deltas = [{}]
             if chunk.finish_reason is not None:
-                yield event([choice(index, None if chat else "", chunk.finish_reason)])
-        total = sum(c.completion_tokens for c in choices.values())
+                last, finish = stream.finish(chunk.finish_reason)
+                deltas += last
+            for delta in deltas:
+                yield event([chat_choice(index, delta, None, logprobs)])
+                logprobs = None
+            if chunk.finish_reason is not None:
+                yield event([chat_choice(index, {}, finish, logprobs)])
+        total = sum(completion.values())
         # Charged before the usage event and [DONE], so a client's next request sees it.
         charged = True
-        await _charge(state, request, job, choices.values())
+        await _charge(state, request, job.prompt_tokens + total)
         if include_usage:
             yield event(
                 [],
@@ -430,7 +553,7 @@ async def _sse(request: Request, state: ServerState, job: _Job) -> AsyncIterator
         # A hang-up (GeneratorExit or cancellation), an error or the end of a drain: the key
         # still pays for what was generated before it.
         if not charged:
-            await _charge(state, request, job, choices.values())
+            await _charge(state, request, job.prompt_tokens + sum(completion.values()))
 
 
 def _error_event(payload: dict[str, Any]) -> bytes:

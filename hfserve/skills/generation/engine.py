@@ -7,29 +7,22 @@ the model. This module adds what a server needs around it: an asyncio API, bound
 cancellation and shutdown, and - the part transformers does not do - sampling parameters that
 belong to each request.
 
-Why a custom sampler. The installed continuous batching samples with one global policy:
-``do_sample`` comes from the manager's ``GenerationConfig`` (transformers' own server takes it,
-with temperature and top_p, from the first request), and ``torch.multinomial`` draws from one
-global RNG, so neither greedy-next-to-sampled nor a per-request ``seed`` is possible. Its
-per-request logits processors (temperature, top-k, top-p) exist, but not per-request seeds,
-greedy rows next to sampled rows, or a minimum length. So the manager is configured greedy
-(argmax) and given one logits processor of ours, :class:`_Sampler`, through transformers'
-own per-request channel (``logit_processor_kwargs``: each request carries its engine slot).
-For every row of a step the sampler looks up that request's parameters and:
-
-- greedy request (``temperature == 0``): leaves the logits alone, so argmax equals
-  ``model.generate(do_sample=False)``;
-- sampled request: applies its temperature and top_p, draws with *its own* seeded
-  ``torch.Generator``, and hands argmax a one-hot row - the same seed gives the same tokens
-  whatever else shares the batch;
-- ``min_tokens``: masks the EOS ids until the request has produced that many tokens.
+Why our own sampling stage. The installed continuous batching samples with one global policy:
+``do_sample`` comes from the manager's ``GenerationConfig`` and ``torch.multinomial`` draws from
+one global RNG, so neither greedy-next-to-sampled nor a per-request ``seed`` is possible, and
+it has no penalties, logit bias, grammar masks or top logprobs. So the manager is configured
+greedy (argmax) and given one logits processor of ours, ``_Sampler``, through transformers' own
+per-request channel (``logit_processor_kwargs``: each request carries its engine slot). The
+processor hands the step's whole logits tensor to :class:`~.stage.SamplingStage`, which picks
+every row's token at once with that row's parameters (see :mod:`.sampling`) and returns a row
+that is 0 at the chosen token and -inf elsewhere, so transformers' argmax takes our choice.
 
 ``max_new_tokens`` and ``ignore_eos`` are per-request arguments of ``add_request`` already;
 stop *strings* are text, so the skill handles them and cancels the request on a match.
 
-The sampler runs Python per step, so accelerator graphs, ``torch.compile`` and async double
-buffering are switched off (they would replay a captured step without it). That costs peak
-throughput on GPUs and is the price of correct per-request sampling.
+Accelerators: the stage has no host sync or Python branch inside the step there, so
+transformers may capture the step in CUDA graphs again (not yet measured on a GPU). Async double
+buffering stays off: a grammar's mask for step N+1 needs step N's token on the host.
 
 Threads: the manager thread hands every batch of outputs to the event loop with one
 ``loop.call_soon_threadsafe``; nothing polls. A cancelled request is removed from the
@@ -45,7 +38,7 @@ import itertools
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -57,11 +50,18 @@ from hfserve.errors import (
     ShuttingDownError,
 )
 from hfserve.skills.base import FinishReason, GenerationRequest, RuntimeOptions
+from hfserve.skills.generation.stage import (
+    SamplingStage,
+    SlotStep,
+    StepLogprobs,
+    check_sampling,
+    params_of,
+)
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["EngineStats", "GenerationEngine", "TokenEvent", "TokenStream"]
+__all__ = ["EngineStats", "GenerationEngine", "TokenEvent", "TokenStream", "logits_width"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +83,12 @@ class TokenEvent:
     """New token ids of one request since its previous event; the last one has a finish reason.
 
     A generation that ends on EOS reports ``"stop"`` and the EOS token is not included.
+    ``logprobs`` (when the request asked for them) has one entry per token of ``token_ids``.
     """
 
     token_ids: list[int]
     finish_reason: FinishReason | None = None
+    logprobs: list[StepLogprobs] | None = None
 
 
 @dataclass
@@ -101,90 +103,62 @@ class EngineStats:
     rows_after_cancel: int = 0
 
 
-@dataclass
-class _SamplingState:
-    """One request's sampling parameters and progress, read by the manager thread."""
-
-    temperature: float
-    top_p: float
-    seed: int
-    min_tokens: int
-    eos_ids: tuple[int, ...]
-    generator: torch.Generator | None = None
-    produced: int = 0
+def logits_width(model: Any) -> int:
+    """Columns of a causal LM's logits: its output embedding's rows (can exceed the vocab)."""
+    head = model.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    if weight is not None:
+        return int(weight.shape[0])
+    return int(model.config.get_text_config().vocab_size)  # pragma: no cover - no LM head
 
 
-def _sample_row(scores: torch.Tensor, state: _SamplingState) -> int:
-    """Draw one token id from a row of logits with the request's temperature, top_p and RNG."""
-    import torch
+def _build_processor(stage: SamplingStage, stats: EngineStats) -> Any:
+    """Our sampling stage as transformers' per-request logits processor (built lazily).
 
-    # float32: half-precision rows make sort/softmax/multinomial slow on GPUs and less exact.
-    logits = scores.float() / state.temperature
-    if state.top_p < 1.0:
-        # Same rule as transformers' TopPLogitsWarper: drop the low tail whose mass is <= 1-top_p.
-        sorted_logits, sorted_idx = torch.sort(logits, descending=False)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        remove = cumulative <= (1.0 - state.top_p)
-        remove[-1] = False
-        logits = logits.masked_fill(remove.scatter(0, sorted_idx, remove), -math.inf)
-    if state.generator is None:
-        state.generator = torch.Generator(device=scores.device)
-        state.generator.manual_seed(state.seed)
-    probs = logits.softmax(dim=-1)
-    return int(torch.multinomial(probs, 1, generator=state.generator).item())
-
-
-def _build_sampler(states: Mapping[int, _SamplingState], stats: EngineStats) -> Any:
-    """The per-request logits processor (a transformers CB processor, built lazily)."""
-    import torch
+    This and :func:`_build_router` are the two places that know transformers' continuous
+    batching internals: a processor sees each step's logits with one int32 argument per row
+    (here the request's table row), and the router sees each step's outputs.
+    """
     from transformers.generation.continuous_batching.cb_logits_processors import (
         ContinuousBatchingLogitsProcessor,
     )
 
     class _Sampler(ContinuousBatchingLogitsProcessor):
-        """Applies each row's own sampling parameters; see the module docstring."""
+        """Hands the step's logits to the sampling stage; see the module docstring."""
 
         supported_kwargs: dict[str, type] = {_SLOT_KWARG: int}  # noqa: RUF012 - base API
         ignored_kwargs: tuple[str, ...] = ()
 
         def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
-            int32_tensor.fill_(-1)
+            # Padding rows of a step point at the table's no-op row.
+            int32_tensor.fill_(stage.table.dummy)
 
         def prepare_tensor_args(self, requests_with_new_token: list[Any]) -> torch.Tensor:
             slots = [
                 r.state.logit_processor_kwargs.get(_SLOT_KWARG, -1) for r in requests_with_new_token
             ]
-            return torch.tensor(slots, dtype=torch.int32)
+            rows = stage.prepare(slots)
+            stats.sampled_rows = stage.sampled_rows
+            stats.rows_after_cancel = stage.rows_after_cancel
+            return rows
 
         def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
-            slots: list[int] = tensor_arg[: scores.size(0)].tolist()
-            out = scores
-            for row, slot in enumerate(slots):
-                state = states.get(slot)
-                if state is None:
-                    # A request the engine no longer tracks: cancelled after this step was planned.
-                    stats.rows_after_cancel += 1
-                    continue
-                stats.sampled_rows += 1
-                suppress_eos = state.produced < state.min_tokens and state.eos_ids
-                state.produced += 1
-                if not suppress_eos and state.temperature <= 0.0:
-                    continue
-                if out is scores:
-                    out = scores.clone()
-                if suppress_eos:
-                    out[row, list(state.eos_ids)] = -math.inf
-                if state.temperature > 0.0:
-                    token = _sample_row(out[row], state)
-                    out[row].fill_(-math.inf)
-                    out[row, token] = 0.0
-            return out
+            return stage.run(scores, tensor_arg)
 
     return _Sampler()
 
 
-def _build_router(loop: asyncio.AbstractEventLoop, deliver: Callable[[list[Any]], None]) -> Any:
-    """An ``OutputRouter`` that hands each batch of outputs to the event loop in one call."""
+def _build_router(
+    loop: asyncio.AbstractEventLoop,
+    deliver: Callable[[list[Any], Any], None],
+    collect: Callable[[list[Any]], Any],
+) -> Any:
+    """An ``OutputRouter`` that hands each batch of outputs to the event loop in one call.
+
+    ``collect`` runs first, on the manager thread, right after the step that made the outputs
+    (the sampling stage reads that step's logprobs and advances grammars there, before the next
+    step is planned); its result travels to ``deliver`` with the outputs.
+    """
     from transformers.generation.continuous_batching.continuous_api import OutputRouter
 
     class _LoopRouter(OutputRouter):
@@ -196,8 +170,9 @@ def _build_router(loop: asyncio.AbstractEventLoop, deliver: Callable[[list[Any]]
         def deliver_batch(self, outputs: list[Any]) -> None:
             if not outputs:
                 return
+            extra = collect(outputs)
             try:
-                loop.call_soon_threadsafe(deliver, list(outputs))
+                loop.call_soon_threadsafe(deliver, list(outputs), extra)
             except RuntimeError:  # pragma: no cover - the loop closed; nobody is listening
                 logger.debug("event loop closed; dropping %d generation outputs", len(outputs))
 
@@ -212,6 +187,7 @@ class _Entry:
     queue: asyncio.Queue[TokenEvent | BaseException] = field(default_factory=asyncio.Queue)
     delivered: int = 0
     ignore_eos: bool = False
+    logprobs: list[StepLogprobs] | None = None
 
 
 class TokenStream:
@@ -275,7 +251,7 @@ class GenerationEngine:
         self._manager: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._entries: dict[str, _Entry] = {}
-        self._states: dict[int, _SamplingState] = {}
+        self._stage: SamplingStage | None = None
         self._slots = itertools.count()
         self._closing = False
         self.stats = EngineStats()
@@ -286,6 +262,11 @@ class GenerationEngine:
         return len(self._entries)
 
     @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """The ids that end a generation (unless a request sets ``ignore_eos``)."""
+        return self._eos_ids
+
+    @property
     def running(self) -> bool:
         """Whether the engine accepts work."""
         return self._manager is not None and not self._closing
@@ -294,9 +275,10 @@ class GenerationEngine:
         """Bytes of the paged KV cache's tensors (0 before the manager thread allocates them)."""
         import torch
 
+        stage = self._stage.memory_bytes() if self._stage is not None else 0
         cache = getattr(getattr(self._manager, "batch_processor", None), "cache", None)
         if cache is None:
-            return 0
+            return stage
         # The cache's layout changes across transformers versions (one byte tensor, or
         # per-layer key/value lists), so count every tensor it holds, each storage once.
         seen: set[int] = set()
@@ -306,22 +288,26 @@ class GenerationEngine:
                 if isinstance(tensor, torch.Tensor) and tensor.data_ptr() not in seen:
                     seen.add(tensor.data_ptr())
                     total += tensor.numel() * tensor.element_size()
-        return total
+        return total + stage
 
     def _cb_config(self) -> Any:
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
+        kind = "cpu" if self._model.device.type == "cpu" else "accelerator"
         kwargs: dict[str, Any] = {
             "max_requests_per_batch": self._options.max_concurrent_generations,
-            # The sampler runs Python each step: no graph replay, compile or double buffering.
-            "use_cuda_graph": False,
+            # The sampling stage is graph-safe on accelerators (static shapes, persistent
+            # buffers, no host sync inside the step), so transformers decides on CUDA graphs
+            # there; they do nothing on CPU. Not yet measured on a GPU.
+            "use_cuda_graph": None if kind == "accelerator" else False,
+            # Async batching plans step N+1 before step N's tokens reach the host, but a
+            # grammar's mask for N+1 needs token N, and logprobs are read per step: off.
             "use_async_batching": False,
             "default_compile_level": 0,
             # Vocabulary-sized temporaries of the sampler need headroom (transformers' own
             # figure for "there is logits processing").
             "max_memory_percent": 0.8,
         }
-        kind = "cpu" if self._model.device.type == "cpu" else "accelerator"
         per_generation = min(self._max_context, _CONTEXT_PER_GENERATION[kind])
         # ... and the pool always holds one generation of the full context, or the scheduler
         # could never place it.
@@ -358,14 +344,21 @@ class GenerationEngine:
             raise ModelLoadError(
                 f"continuous batching is not available for {type(self._model).__name__}: {exc}"
             ) from exc
+        self._stage = SamplingStage(
+            rows=self._capacity,
+            vocab_size=logits_width(self._model),
+            device=self._model.device,
+            eos_ids=self._eos_ids,
+            static=self._model.device.type != "cpu",
+        )
         processors = ContinuousBatchingLogitsProcessorList(
-            LogitsProcessorList([_build_sampler(self._states, self.stats)])
+            LogitsProcessorList([_build_processor(self._stage, self.stats)])
         )
         # One int32 row of per-request arguments: the slot (counted by transformers only for
         # processors it converts itself).
         processors.tensors_required = 1
         manager.logit_processor = processors
-        manager.output_router = _build_router(loop, self._on_outputs)
+        manager.output_router = _build_router(loop, self._on_outputs, self._collect_step)
         manager.start()
         return manager
 
@@ -413,8 +406,8 @@ class GenerationEngine:
                 f" exceeds the model's context of {self._max_context} tokens",
                 param="max_tokens",
             )
-        if request.temperature < 0 or not 0 < request.top_p <= 1:
-            raise InvalidRequestError("temperature must be >= 0 and top_p in (0, 1]")
+        # Bias ids index the logits, which can be narrower or wider than the input vocabulary.
+        check_sampling(request, self._stage.vocab_size if self._stage else self._vocab_size)
 
     def submit(self, request: GenerationRequest) -> TokenStream:
         """Queue a generation; its tokens arrive on the returned stream.
@@ -437,14 +430,13 @@ class GenerationEngine:
         slot = next(self._slots)
         request_id = f"hfs-{slot}"
         seed = request.seed if request.seed is not None else secrets.randbits(63)
-        self._states[slot] = _SamplingState(
-            temperature=request.temperature,
-            top_p=request.top_p,
-            seed=seed,
-            min_tokens=0 if request.ignore_eos else request.min_tokens,
-            eos_ids=self._eos_ids,
+        assert self._stage is not None  # set with the manager
+        self._stage.register(slot, params_of(request, seed), request.prompt_ids, request.grammar)
+        entry = _Entry(
+            slot=slot,
+            ignore_eos=request.ignore_eos,
+            logprobs=[] if request.logprobs is not None else None,
         )
-        entry = _Entry(slot=slot, ignore_eos=request.ignore_eos)
         # Registered before add_request: the first output may arrive on the next loop turn.
         self._entries[request_id] = entry
         added = manager.add_request(
@@ -474,34 +466,59 @@ class GenerationEngine:
 
     def _forget(self, request_id: str) -> _Entry | None:
         entry = self._entries.pop(request_id, None)
-        if entry is not None:
-            self._states.pop(entry.slot, None)
+        if entry is not None and self._stage is not None:
+            self._stage.forget(entry.slot)
         return entry
 
-    def _on_outputs(self, outputs: list[Any]) -> None:
+    def _collect_step(self, outputs: list[Any]) -> dict[int, SlotStep]:
+        """On the manager thread, after a step: logprobs and grammar progress per slot."""
+        if self._stage is None:  # pragma: no cover - outputs only flow while the manager runs
+            return {}
+        new_tokens = {
+            _slot_of(o.request_id): int(o.generated_tokens[-1])
+            for o in outputs
+            if o.error is None and o.generated_tokens
+        }
+        return self._stage.collect(new_tokens)
+
+    def _on_outputs(self, outputs: list[Any], steps: dict[int, SlotStep]) -> None:
         """Runs on the event loop: turn manager outputs into token events."""
         for output in outputs:
             entry = self._entries.get(output.request_id)
             if entry is None:
                 continue  # cancelled or failed already
-            if output.error is not None:
+            step = steps.get(entry.slot)
+            error = output.error
+            if error is None and step is not None and step.grammar_error is not None:
+                error = f"the output left its grammar: {step.grammar_error}"
+                self._manager.cancel_request(output.request_id)
+            if error is not None:
                 self._forget(output.request_id)
                 self.stats.failed += 1
-                entry.queue.put_nowait(InferenceError(f"generation failed: {output.error}"))
+                entry.queue.put_nowait(InferenceError(f"generation failed: {error}"))
                 continue
             tokens = list(output.generated_tokens)
             new = tokens[entry.delivered :]
             entry.delivered = len(tokens)
-            if not output.is_finished():
-                entry.queue.put_nowait(TokenEvent(new))
+            if entry.logprobs is not None and step is not None and step.logprobs is not None:
+                entry.logprobs.append(step.logprobs)
+            grammar_done = step is not None and step.grammar_done
+            if not output.is_finished() and not grammar_done:
+                entry.queue.put_nowait(TokenEvent(new, None, _take(entry, len(new))))
                 continue
             self._forget(output.request_id)
             self.stats.completed += 1
             reason: FinishReason = "length"
+            if grammar_done and not output.is_finished():
+                # The grammar is complete and allows nothing more: end here, not one step later.
+                self._manager.cancel_request(output.request_id)
+                reason = "stop"
             if tokens and not entry.ignore_eos and tokens[-1] in self._eos_ids:
                 reason = "stop"
                 new = new[:-1]
-            entry.queue.put_nowait(TokenEvent(new, reason))
+            elif grammar_done:
+                reason = "stop"
+            entry.queue.put_nowait(TokenEvent(new, reason, _take(entry, len(new))))
 
     async def aclose(self) -> None:
         """Fail in-flight requests with ``ShuttingDownError``, stop the thread, free the cache."""
@@ -520,3 +537,17 @@ class GenerationEngine:
             # Drop every reference to the model and cache so the caller can free the memory.
             self._manager = None
             self._model = None
+            self._stage = None
+
+
+def _slot_of(request_id: str) -> int:
+    """The engine slot in a request id ``hfs-<slot>``."""
+    return int(request_id.rpartition("-")[2])
+
+
+def _take(entry: _Entry, n: int) -> list[StepLogprobs] | None:
+    """The logprobs of the next ``n`` delivered tokens (a dropped EOS leaves its one behind)."""
+    if entry.logprobs is None:
+        return None
+    out, entry.logprobs = entry.logprobs[:n], []
+    return out

@@ -34,6 +34,10 @@ class EchoModel:
     def max_input_tokens(self) -> int:
         return 1024
 
+    @property
+    def vocab_size(self) -> int:
+        return 256  # token ids are echoed back as bytes
+
     def memory_bytes(self) -> int:
         return 1000
 
