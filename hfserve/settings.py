@@ -8,6 +8,7 @@ it down; the server and the Kubernetes renderer read the same object.
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import re
 import tomllib
 from pathlib import Path
@@ -21,7 +22,14 @@ from hfserve.errors import ConfigError
 from hfserve.logs import LogFormat
 from hfserve.paths import default_cache_dir, default_keys_file
 
-__all__ = ["ENV_PREFIX", "Settings", "default_cache_dir", "default_keys_file", "parse_size"]
+__all__ = [
+    "ENV_PREFIX",
+    "Settings",
+    "default_cache_dir",
+    "default_keys_file",
+    "is_loopback",
+    "parse_size",
+]
 
 ENV_PREFIX = "HFSERVE_"
 _CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
@@ -103,7 +111,7 @@ class Settings(BaseSettings):
     # --- models -----------------------------------------------------------------------------
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Models to serve as [ALIAS=]PATH_OR_ID; the first is the default. "
+        description="Models to serve as [ALIAS=]PATH_OR_ID; requests name them by alias. "
         "Empty: the built-in offline demo models.",
     )
     models_dir: Path | None = Field(
@@ -307,6 +315,46 @@ class Settings(BaseSettings):
                 continue
             env[ENV_PREFIX + name.upper()] = _env_text(value)
         return env
+
+    def auth_status(self, key_count: int) -> str:
+        """One line saying whether auth is on and why (startup banner, logs).
+
+        Args:
+            key_count: the keys in ``keys_file`` (revoked and expired ones count: they keep
+                auth on, see ``KeyStore.has_keys``).
+        """
+        if self.auth is False:
+            return "auth off: --no-auth"
+        if key_count:
+            return f"auth on: {key_count} key{'s' if key_count != 1 else ''} in {self.keys_file}"
+        if self.auth:
+            return f"auth on: no keys yet in {self.keys_file}, every request is refused"
+        return "auth off: no keys yet (hfserve keys create)"
+
+    def check_exposure(self, key_count: int) -> None:
+        """Refuse to serve on a non-loopback address with no keys unless auth was turned off.
+
+        Raises:
+            ConfigError: ``host`` is reachable from other machines, the keys file holds no
+                key, and ``--no-auth`` (``auth = false``) was not given.
+        """
+        if self.auth is None and not key_count and not is_loopback(self.host):
+            raise ConfigError(
+                f"refusing to serve on {self.host} without API keys: anyone who can reach it "
+                "could use it. Create a key (hfserve keys create), bind 127.0.0.1, or pass "
+                "--no-auth to serve without keys on purpose",
+                param="host",
+            )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable only from this machine (``localhost``, ``127.x``, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _env_text(value: Any) -> str:

@@ -16,6 +16,7 @@ import httpx
 
 from hfserve.bench.config import BenchConfig, Endpoint
 from hfserve.bench.record import RequestRecord
+from hfserve.bench.target import ListedModel
 from hfserve.bench.workload import PreparedRequest
 from hfserve.core.clock import Clock, MonotonicClock
 from hfserve.errors import UnavailableError
@@ -94,8 +95,20 @@ class BenchClient:
         """Close the connection pool."""
         await self._http.aclose()
 
+    def retarget(self, config: BenchConfig) -> None:
+        """Send later requests as ``config`` says (the endpoint chosen after the pre-flight)."""
+        self._config = config
+
     async def list_models(self) -> list[str]:
         """The model ids ``GET /v1/models`` lists ([] when the route answers but lists none).
+
+        Raises:
+            UnavailableError: nothing answers at the URL (refused, unresolvable, timed out).
+        """
+        return [model.id for model in await self.listed_models()]
+
+    async def listed_models(self) -> list[ListedModel]:
+        """The models ``GET /v1/models`` lists, with hfserve's ``task`` when it says one.
 
         Raises:
             UnavailableError: nothing answers at the URL (refused, unresolvable, timed out).
@@ -109,8 +122,11 @@ class BenchClient:
             raise UnavailableError(f"cannot reach {self._config.url}: {reason}") from None
         try:
             entries = response.json()["data"]
-            return [str(entry["id"]) for entry in entries]
-        except (ValueError, KeyError, TypeError):
+            return [
+                ListedModel(str(e["id"]), e["task"] if isinstance(e.get("task"), str) else None)
+                for e in entries
+            ]
+        except (ValueError, KeyError, TypeError, AttributeError):
             # Not every peer implements /v1/models (or it needs another key): it answered,
             # which is all the pre-flight check is for.
             return []

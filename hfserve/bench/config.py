@@ -56,6 +56,8 @@ class BenchConfig:
     url: str
     model: str | None = None
     endpoint: Endpoint = Endpoint.CHAT
+    # True when the user named no endpoint: the run may switch to the one that fits the model.
+    auto_endpoint: bool = False
     api_key: str | None = None
     concurrency: int | None = None
     requests: int | None = None

@@ -14,6 +14,7 @@ from hfserve.bench.client import BenchClient
 from hfserve.bench.config import BenchConfig
 from hfserve.bench.record import RequestRecord
 from hfserve.bench.stats import BenchMetrics, compute_metrics
+from hfserve.bench.target import choose_target
 from hfserve.bench.workload import Workload
 from hfserve.core.clock import Clock, MonotonicClock
 
@@ -50,20 +51,21 @@ async def run_benchmark(
 ) -> BenchResult:
     """Run one benchmark against ``config.url`` and return what it measured.
 
-    A pre-flight ``GET /v1/models`` checks that the target answers and, when ``config.model``
-    is unset, names the model (the first listed). Warmup requests run next, closed loop, and
+    A pre-flight ``GET /v1/models`` checks that the target answers and picks the model and
+    endpoint (:func:`~hfserve.bench.target.choose_target`); the result's config is the one run. Warmup requests run next, closed loop, and
     are not counted; then the measured requests. The duration runs from the first measured
     request to the last one's end. ``transport``, ``clock`` and ``sleep`` exist for tests
     (``sleep`` must advance ``clock``); ``on_record`` sees each measured request as it ends.
 
     Raises:
         UnavailableError: nothing answers at ``config.url``.
+        ConfigError: no listed model serves the endpoint.
     """
     clock = clock if clock is not None else MonotonicClock()
     sleep = sleep if sleep is not None else asyncio.sleep
     async with BenchClient(config, transport=transport, clock=clock) as client:
-        models = await client.list_models()
-        model = config.model if config.model is not None else (models[0] if models else None)
+        config, model = choose_target(config, await client.listed_models())
+        client.retarget(config)
         workload = Workload(config, model)
         warmup: list[RequestRecord] = []
         if config.warmup:

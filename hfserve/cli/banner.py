@@ -37,8 +37,9 @@ def _device_row(choice: DeviceChoice) -> Row:
     return "Device", f"{choice.device} / {choice.dtype}  [dim]({escape(choice.reason)})[/]"
 
 
-def _auth_row(settings: Settings, auth: bool) -> Row:
-    return "Auth", f"on (API keys from {escape(str(settings.keys_file))})" if auth else "off"
+def _auth_row(state: ServerState) -> Row:
+    # "on: 3 keys in FILE", "off: --no-auth", "off: no keys yet (hfserve keys create)".
+    return "Auth", escape(state.auth_status().removeprefix("auth "))
 
 
 def _model_rows(state: ServerState) -> list[Row]:
@@ -71,7 +72,7 @@ def banner_rows(settings: Settings, state: ServerState, choice: DeviceChoice) ->
         _url_row(settings),
         ("Workers", str(settings.workers)),
         _device_row(choice),
-        _auth_row(settings, state.auth_enabled()),
+        _auth_row(state),
         *_model_rows(state),
         *_hint_rows(settings, state),
     ]

@@ -34,10 +34,17 @@ def bench_command(
         "http://127.0.0.1:8000", "--url", help="Server base URL, with or without /v1."
     ),
     model: str | None = typer.Option(
-        None, "--model", "-m", help="Model to request (default: the first in GET /v1/models)."
+        None,
+        "--model",
+        "-m",
+        help="Model to request (default: the first in GET /v1/models that serves the endpoint).",
     ),
-    endpoint: Literal["chat", "completions", "embeddings"] = typer.Option(
-        "chat", "--endpoint", "-e", help="API to drive."
+    endpoint: Literal["chat", "completions", "embeddings"] | None = typer.Option(
+        None,
+        "--endpoint",
+        "-e",
+        help="API to drive (default: chat, or the API that fits --model or the listed models).",
+        show_default=False,
     ),
     api_key: str | None = typer.Option(
         None,
@@ -97,7 +104,8 @@ def bench_command(
     config = BenchConfig(
         url=url,
         model=model,
-        endpoint=Endpoint(endpoint),
+        endpoint=Endpoint(endpoint or "chat"),
+        auto_endpoint=endpoint is None,
         api_key=api_key,
         concurrency=concurrency,
         requests=requests,

@@ -59,9 +59,16 @@ def render_command(
         Path | None,
         typer.Option(
             help="API keys file (from `hfserve keys create`) to put in the Secret, hashed. "
-            "Default: an empty key set.",
+            "Default: the keys file `hfserve serve` reads, when it exists. Without any key "
+            "render refuses unless --no-auth is given.",
         ),
     ] = None,
+    no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--no-auth", help="Deploy without API keys: the pods serve anyone who reaches them."
+        ),
+    ] = False,
     queue_metric: Annotated[
         bool,
         typer.Option(
@@ -76,11 +83,12 @@ def render_command(
     ] = None,
 ) -> None:
     """Render the Deployment, Service, Ingress, ConfigMap, Secret, HPA, PVC and PDB."""
+    from hfserve.deploy.exposure import resolve_keys
     from hfserve.deploy.manifests import render
     from hfserve.deploy.output import dump_documents, write_manifests
     from hfserve.settings import Settings
 
-    settings = Settings.load(config, models=model or None)
+    settings = Settings.load(config, models=model or None, auth=False if no_auth else None)
     options = RenderOptions(
         name=name,
         namespace=namespace,
@@ -93,6 +101,8 @@ def render_command(
         keys_file=keys_file.expanduser() if keys_file is not None else None,
         queue_metric=queue_metric,
     )
+    options, auth_status = resolve_keys(settings, options)
+    typer.echo(auth_status, err=True)
     manifests = render(settings, options)
     if out is None:
         typer.echo(dump_documents([doc for docs in manifests.values() for doc in docs]), nl=False)

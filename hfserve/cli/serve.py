@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 from pathlib import Path
@@ -26,7 +25,7 @@ def serve_command(
         None,
         "--model",
         "-m",
-        help="[ALIAS=]PATH_OR_ID to serve; repeat for several (the first is the default). "
+        help="[ALIAS=]PATH_OR_ID to serve; repeat for several (requests name them by alias). "
         "None: the built-in offline demo models.",
         show_default=False,
     ),
@@ -60,7 +59,10 @@ def serve_command(
         None, help="API keys file.  [default: ~/.config/hfserve/keys.json]", show_default=False
     ),
     no_auth: bool = typer.Option(
-        False, "--no-auth", help="Serve without API keys (local use only)."
+        False,
+        "--no-auth",
+        help="Serve without API keys, even once keys exist. Without keys a non-loopback "
+        "--host refuses to start unless this is given.",
     ),
     device: str = typer.Option(
         None, help="auto, cpu, cuda, cuda:N or mps.  [default: auto]", show_default=False
@@ -180,15 +182,6 @@ def apply_torch_threads(settings: Settings) -> None:
             os.environ[var] = str(settings.torch_threads)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def run_server(settings: Settings) -> None:
     """Build the app and run it until SIGTERM/SIGINT, draining gracefully."""
     import uvicorn
@@ -198,6 +191,7 @@ def run_server(settings: Settings) -> None:
     from hfserve.logs import configure_logging
     from hfserve.server.app import create_app
     from hfserve.server.lifecycle import DrainingServer
+    from hfserve.settings import is_loopback
 
     apply_torch_threads(settings)  # before anything imports torch
     configure_logging(settings.log_level, settings.log_format)
@@ -206,10 +200,11 @@ def run_server(settings: Settings) -> None:
     check_startup(settings)  # a missing folder, Hub id or device: one line, before anything
     app = create_app(settings)
     state: ServerState = app.state.hfserve
-    if not state.auth_enabled() and not _is_loopback(settings.host):
+    settings.check_exposure(len(state.keystore.list_keys()))
+    if not state.auth_enabled() and not is_loopback(settings.host):
         log.warning(
-            "serving on %s without API keys: anyone who can reach this port can use it. "
-            "Create a key with `hfserve keys create` or bind 127.0.0.1.",
+            "serving on %s without API keys (--no-auth): anyone who can reach this port can "
+            "use it.",
             settings.host,
         )
     print_banner(settings, state, probe(settings.device, settings.dtype).choice)

@@ -1,13 +1,15 @@
 """Request bodies of the OpenAI-compatible API, validated with pydantic.
 
-Unknown fields are accepted and ignored, as OpenAI does. Fields OpenAI defines but hfserve
-does not implement are declared so that a non-default value is refused with a 400 that names
-the parameter (:meth:`_Unsupported.check_unsupported`), never silently ignored.
+Unknown fields are accepted and ignored. Every field OpenAI defines is implemented, refused
+with a 400 that names it, or on a short ignore list: ``hfserve.server.openai_fields`` holds
+that table; declared fields refuse unsupported values in ``check_unsupported``, undeclared
+refused ones are caught by :func:`~hfserve.server.openai_fields.refuse_unimplemented`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -22,6 +24,13 @@ from pydantic import (
 )
 
 from hfserve.errors import InvalidRequestError
+from hfserve.server.openai_fields import (
+    CHAT_FIELDS,
+    COMPLETION_FIELDS,
+    EMBEDDING_FIELDS,
+    FieldStatus,
+    refuse_unimplemented,
+)
 from hfserve.server.structured import (
     FunctionDefinition,
     LegacyFunctionCall,
@@ -516,5 +525,16 @@ def parse_body(schema: type[T], data: Any) -> T:
         raise InvalidRequestError(
             f"invalid value for {param or 'body'}: {first['msg']}", param=param
         ) from None
+    fields = _OPENAI_FIELDS.get(schema)
+    if fields is not None and body.model_extra:
+        refuse_unimplemented(fields, body.model_extra, type(body).model_fields)
     body.check_unsupported()
     return body
+
+
+# The OpenAI field table (implemented / refused / ignored) each schema answers to.
+_OPENAI_FIELDS: dict[type[_Body], Mapping[str, FieldStatus]] = {
+    ChatCompletionRequest: CHAT_FIELDS,
+    CompletionRequest: COMPLETION_FIELDS,
+    EmbeddingRequest: EMBEDDING_FIELDS,
+}

@@ -43,6 +43,8 @@ class ServerState:
     models_listing: tuple[object, bytes] | None = None
     # Extra readiness dependencies (Redis): details for /ready and whether they block it.
     extra_ready_checks: Callable[[], Awaitable[ReadyReport]] | None = None
+    # Whether keys turned auth on when last looked at (None: not yet), to log when it flips.
+    _keys_auth: bool | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     # --- auth and limits --------------------------------------------------------------------
@@ -50,7 +52,21 @@ class ServerState:
         """Whether requests must carry a key (re-evaluated: creating the first key turns it on)."""
         if self.settings.auth is not None:
             return self.settings.auth
-        return self.keystore.has_keys()
+        on = self.keystore.has_keys()
+        if on != self._keys_auth:
+            if self._keys_auth is not None:
+                # A running server changing its auth must never be a surprise: say so loudly.
+                log.warning(
+                    "%s (changed while running); %s",
+                    self.auth_status(),
+                    "requests without a key now get 401" if on else "requests need no key",
+                )
+            self._keys_auth = on
+        return on
+
+    def auth_status(self) -> str:
+        """``auth on: 3 keys in FILE``, ``auth off: --no-auth`` or ``auth off: no keys yet …``."""
+        return self.settings.auth_status(len(self.keystore.list_keys()))
 
     def limits_for(self, key: ApiKey | None) -> RateLimits:
         """The key's own limits, else the configured defaults."""

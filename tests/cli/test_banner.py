@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 
 from hfserve.cli.banner import banner, banner_rows, print_banner
+from hfserve.core.keystore import KeyStore
 from hfserve.hardware import probe
 from hfserve.server.app import create_app
 from hfserve.server.state import ServerState
@@ -52,7 +53,7 @@ def test_each_model_has_its_skill_state_and_source(tmp_path: Path) -> None:
     settings = Settings(models=[f"chat={folder}", hub], keys_file=tmp_path / "k.json")
     rows = dict(banner_rows(settings, _state(settings), probe().choice))
     assert rows["URL"] == "http://127.0.0.1:8000/v1"
-    assert rows["Auth"] == "off"
+    assert rows["Auth"] == "off: no keys yet (hfserve keys create)"
     assert "[bold]chat[/]  text-generation  pinned, loads at start" in rows["Models"]
     assert str(folder) in rows["Models"]
     # A Hub id cannot be matched offline before it loads: the banner says so instead of guessing.
@@ -87,7 +88,11 @@ def test_auth_on_names_the_keys_file(tmp_path: Path) -> None:
     keys = tmp_path / "keys.json"
     settings = Settings(models=[f"chat={_gpt2_folder(tmp_path)}"], keys_file=keys, auth=True)
     rows = dict(banner_rows(settings, _state(settings), probe().choice))
-    assert rows["Auth"] == f"on (API keys from {keys})"
+    assert rows["Auth"] == f"on: no keys yet in {keys}, every request is refused"
+    KeyStore(keys).create("a")
+    KeyStore(keys).create("b")
+    rows = dict(banner_rows(settings, _state(settings), probe().choice))
+    assert rows["Auth"] == f"on: 2 keys in {keys}"
 
 
 def test_json_logging_gets_records_not_a_box(

@@ -59,7 +59,8 @@ def test_committed_manifests_match_render(tmp_path: Path) -> None:
         expected = path.read_text()
         actual = (committed / path.name).read_text()
         assert actual == expected, (
-            f"deployments/k8s/{path.name} drifted: run `hfserve k8s render --out deployments/k8s`"
+            f"deployments/k8s/{path.name} drifted: write render(Settings(), RenderOptions()) "
+            "there with hfserve.deploy.write_manifests"
         )
 
 

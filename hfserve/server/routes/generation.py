@@ -13,17 +13,20 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Send
 
 from hfserve.errors import HfServeError, InvalidRequestError
 from hfserve.server.chat_output import ChoiceStream, OutputPlan, new_call_id, plan_output
 from hfserve.server.errors import error_body, status_for
 from hfserve.server.media import load_chat_inputs, refuse_images
+from hfserve.server.openai_fields import IGNORED_FIELDS
 from hfserve.server.requests import (
     cached_json,
     charge_tokens,
@@ -144,9 +147,18 @@ async def chat_completions(request: Request) -> Response:
         if output.tools is None:
             prompt = model.render_chat(messages)
         elif isinstance(model, StructuredGenerationModel):
-            prompt = model.render_chat(messages, tools=output.tools)
+            try:
+                prompt = model.render_chat(messages, tools=output.tools)
+            except InvalidRequestError as exc:
+                # The skill speaks of tools; a legacy request sent them as ``functions``.
+                if output.legacy and exc.param == "tools":
+                    raise InvalidRequestError(exc.message, param="functions") from None
+                raise
         else:
-            raise InvalidRequestError("this model does not support tools", param="tools")
+            raise InvalidRequestError(
+                "this model does not support tools",
+                param="functions" if output.legacy else "tools",
+            )
         prompt_ids = model.encode(prompt)
     plan = await plan_output(output, model)
     job = _make_job(state, "chat", body, model, [prompt_ids], body.max_new_tokens(), started, plan)
@@ -263,19 +275,25 @@ def _make_job(
 async def _respond(request: Request, state: ServerState, job: _Job) -> Response:
     body = job.body
     if body.stream:
-        return StreamingResponse(
+        return _ClosingStreamingResponse(
             _sse(request, state, job), media_type="text/event-stream", headers=_SSE_HEADERS
         )
 
     async def produce() -> dict[str, Any]:
-        choices = await run_until_disconnect(request, _collect(state, job))
-        completion = sum(c.completion_tokens for c in choices)
-        await charge_tokens(state, request, job.prompt_tokens + completion)
-        return _final_body(job, choices, completion)
+        choices = {index: _Choice(index) for index in job.indices()}
+        try:
+            await run_until_disconnect(request, _collect(state, job, choices))
+        finally:
+            # Whatever ended the request (done, hang-up, error, drain), the key pays for
+            # every token generated for it: charging only on success would let a client
+            # bypass its tokens/min budget by hanging up before the answer.
+            await _charge(state, request, job.prompt_tokens + _generated(choices.values()))
+        ordered = [choices[i] for i in sorted(choices)]
+        return _final_body(job, ordered, _generated(ordered))
 
     deterministic = body.temperature == 0 and body.n == 1
     cache_request = (
-        body.model_dump(mode="json", exclude={"user", "stream", "stream_options", "seed"})
+        body.model_dump(mode="json", exclude={"stream", "stream_options", "seed", *IGNORED_FIELDS})
         | {"endpoint": job.kind}
         if deterministic
         else None
@@ -338,8 +356,38 @@ def _chat_choice(plan: OutputPlan, choice: _Choice) -> dict[str, Any]:
     }
 
 
-async def _collect(state: ServerState, job: _Job) -> list[_Choice]:
-    choices = {index: _Choice(index) for index in job.indices()}
+class _ClosingStreamingResponse(StreamingResponse):
+    """A ``StreamingResponse`` that always closes its body generator when streaming stops.
+
+    Starlette leaves a generator suspended at ``yield`` when ``send`` fails (the client hung
+    up), and its ``finally`` then runs only whenever the garbage collector finalizes it; the
+    stream's token charge must not wait on that.
+    """
+
+    async def stream_response(self, send: Send) -> None:
+        """Stream the body, closing the generator on every exit."""
+        iterator = self.body_iterator
+        if isinstance(iterator, AsyncGenerator):
+            async with contextlib.aclosing(iterator):
+                await super().stream_response(send)
+        else:  # pragma: no cover - every hfserve stream is an async generator
+            await super().stream_response(send)
+
+
+def _generated(choices: Iterable[_Choice]) -> int:
+    return sum(c.completion_tokens for c in choices)
+
+
+async def _charge(state: ServerState, request: Request, tokens: int) -> None:
+    """Debit ``tokens`` from the key's budget, even while the request is being cancelled."""
+    # Shielded: on a hang-up or at the end of a drain this runs inside a cancelled scope,
+    # where an unshielded await (a Redis round trip) would be cancelled before it debits.
+    with anyio.CancelScope(shield=True):
+        await charge_tokens(state, request, tokens)
+
+
+async def _collect(state: ServerState, job: _Job, choices: dict[int, _Choice]) -> None:
+    """Fill ``choices`` as chunks arrive (the caller reads the counts even if this is cancelled)."""
     async for index, chunk in _merged(state, job):
         choice = choices[index]
         choice.text.append(chunk.text)
@@ -348,7 +396,6 @@ async def _collect(state: ServerState, job: _Job) -> list[_Choice]:
             choice.logprobs = (choice.logprobs or []) + chunk.logprobs
         if chunk.finish_reason is not None:
             choice.finish_reason = chunk.finish_reason
-    return [choices[i] for i in sorted(choices)]
 
 
 async def _merged(state: ServerState, job: _Job) -> AsyncIterator[tuple[int, GenerationChunk]]:
@@ -416,6 +463,7 @@ async def _sse(request: Request, state: ServerState, job: _Job) -> AsyncIterator
     obj = "chat.completion.chunk" if chat else "text_completion"
     completion: dict[int, int] = {}
     offsets: dict[int, int] = {}
+    charged = False
 
     def event(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
         payload: dict[str, Any] = {
@@ -483,7 +531,9 @@ async def _sse(request: Request, state: ServerState, job: _Job) -> AsyncIterator
             if chunk.finish_reason is not None:
                 yield event([chat_choice(index, {}, finish, logprobs)])
         total = sum(completion.values())
-        await charge_tokens(state, request, job.prompt_tokens + total)
+        # Charged before the usage event and [DONE], so a client's next request sees it.
+        charged = True
+        await _charge(state, request, job.prompt_tokens + total)
         if include_usage:
             yield event(
                 [],
@@ -507,6 +557,11 @@ async def _sse(request: Request, state: ServerState, job: _Job) -> AsyncIterator
                 code="internal_error",
             )
         )
+    finally:
+        # A hang-up (GeneratorExit or cancellation), an error or the end of a drain: the key
+        # still pays for what was generated before it.
+        if not charged:
+            await _charge(state, request, job.prompt_tokens + sum(completion.values()))
 
 
 def _error_event(payload: dict[str, Any]) -> bytes:
