@@ -10,8 +10,9 @@ out=.ci/test-constraints.txt
   echo "# scripts/freeze-test-constraints.sh; pytest held below 9.2: schemathesis 4.32's pytest"
   echo "# plugin reads Function._nodeid, gone in 9.2). .ci/run and README \"Development\" install"
   echo "# with -c this file; regenerate it after a green run on newer versions."
+  # pip list, not pip freeze: a package installed from a local wheel is still name==version.
   # torch: the version only, without the +cpu/+cuXXX build tag, so the pin fits every build.
-  python -m pip freeze --exclude-editable | grep -viE '^(hfserve|torch)[=@ ]'
+  python -m pip list --format=freeze --exclude-editable | grep -viE '^(hfserve|torch|pip|setuptools)[=@ ]'
   python -c 'import torch; print("torch==" + torch.__version__.split("+")[0])'
 } > "$out"
 echo "wrote $out"
