@@ -3,7 +3,9 @@
 The model needs a chat template that renders tools (Qwen2.5-Instruct's does). For a model
 whose own template ignores them, give it one::
 
-    hfserve serve --model chat=PATH_OR_ID --chat-template chat=tools.jinja
+    hfserve serve --model chat=PATH_OR_ID --chat-template chat=examples/chatml_tools.jinja
+
+(examples/chatml_tools.jinja suits ChatML models such as SmolLM2-Instruct)
 
 then::
 
