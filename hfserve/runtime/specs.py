@@ -91,8 +91,9 @@ def _default_alias(source: str) -> str:
     path = Path(source).expanduser()
     if path.is_dir():
         return path.resolve().name
-    if path.is_file():
-        # A model file (``./models/llama.gguf``) is named like in --models-dir: never by its path.
+    if path.is_file() or path.suffix.lower() == ".gguf":
+        # A model file (``./models/llama.gguf``) is named like in --models-dir: never by its path
+        # (a .gguf that is not there yet too: start-up then says "no such file" under that name).
         return path.stem
     # A Hub id keeps its namespace ("Qwen/Qwen2.5-0.5B-Instruct"): that is what clients know.
     return source.rstrip("/")

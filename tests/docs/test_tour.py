@@ -53,8 +53,21 @@ def blocks(markdown: str) -> list[tuple[str, str]]:
 
 
 def commands(block: str) -> list[str]:
-    """A bash block's commands, continuation lines joined."""
-    return [c.strip() for c in block.replace("\\\n", " ").splitlines() if c.strip()]
+    """A bash block's commands: continuation lines joined, and a quote left open at the end of
+    a line (a JSON body spread over lines) carried on to the next, as bash reads them."""
+    found: list[str] = []
+    pending = ""
+    for line in block.replace("\\\n", " ").splitlines():
+        pending = f"{pending}\n{line}" if pending else line
+        try:
+            shlex.split(pending, comments=True)
+        except ValueError:  # an open quote: the command goes on
+            continue
+        if pending.strip():
+            found.append(pending.strip())
+        pending = ""
+    assert not pending, f"unterminated quote in: {pending}"
+    return found
 
 
 class Session:
