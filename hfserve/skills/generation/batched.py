@@ -26,13 +26,13 @@ import collections
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hfserve.errors import InferenceError, InvalidRequestError, OverloadedError, ShuttingDownError
 from hfserve.skills.base import FinishReason, GenerationRequest, RuntimeOptions
-from hfserve.skills.generation.engine import EngineStats, TokenEvent
+from hfserve.skills.generation.engine import EngineStats, QueueTokenStream, TokenEvent
 
 if TYPE_CHECKING:
     import torch
@@ -57,34 +57,12 @@ class _Row:
     cancelled: bool = False
 
 
-class BatchedTokenStream:
-    """The token events of one submitted request; closing it cancels the request."""
+class BatchedTokenStream(QueueTokenStream):
+    """The token events of one submitted request; closing it drops the request from the queue
+    or its batch."""
 
     def __init__(self, engine: BatchedGenerateEngine, row: _Row) -> None:
-        self.prompt_tokens = len(row.request.prompt_ids)
-        self._engine = engine
-        self._row = row
-        self._done = False
-
-    def __aiter__(self) -> AsyncIterator[TokenEvent]:
-        return self
-
-    async def __anext__(self) -> TokenEvent:
-        if self._done:
-            raise StopAsyncIteration
-        item = await self._row.queue.get()
-        if isinstance(item, BaseException):
-            self._done = True
-            raise item
-        if item.finish_reason is not None:
-            self._done = True
-        return item
-
-    async def aclose(self) -> None:
-        """Stop listening; an unfinished request is dropped from the queue or its batch."""
-        if not self._done:
-            self._done = True
-            self._engine.cancel(self._row)
+        super().__init__(row.queue, len(row.request.prompt_ids), lambda: engine.cancel(row))
 
 
 def _signature(media: Mapping[str, Any] | None, prompt_len: int) -> tuple[Any, ...]:

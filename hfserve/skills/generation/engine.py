@@ -190,16 +190,19 @@ class _Entry:
     logprobs: list[StepLogprobs] | None = None
 
 
-class TokenStream:
-    """The token events of one submitted request; closing it cancels the request."""
+class QueueTokenStream:
+    """Token events read from a queue until one carries a finish reason (or an error arrives);
+    closing the stream before that calls ``cancel``. Both engines hand these out."""
 
     def __init__(
-        self, engine: GenerationEngine, request_id: str, entry: _Entry, prompt_tokens: int
-    ):
-        self.request_id = request_id
+        self,
+        queue: asyncio.Queue[TokenEvent | BaseException],
+        prompt_tokens: int,
+        cancel: Callable[[], None],
+    ) -> None:
         self.prompt_tokens = prompt_tokens
-        self._engine = engine
-        self._entry = entry
+        self._queue = queue
+        self._cancel = cancel
         self._done = False
 
     def __aiter__(self) -> AsyncIterator[TokenEvent]:
@@ -208,7 +211,7 @@ class TokenStream:
     async def __anext__(self) -> TokenEvent:
         if self._done:
             raise StopAsyncIteration
-        item = await self._entry.queue.get()
+        item = await self._queue.get()
         if isinstance(item, BaseException):
             self._done = True
             raise item
@@ -217,10 +220,20 @@ class TokenStream:
         return item
 
     async def aclose(self) -> None:
-        """Stop listening; an unfinished request is cancelled in the engine."""
+        """Stop listening; an unfinished request is cancelled."""
         if not self._done:
             self._done = True
-            self._engine.cancel(self.request_id)
+            self._cancel()
+
+
+class TokenStream(QueueTokenStream):
+    """The token events of one submitted request; closing it cancels the request."""
+
+    def __init__(
+        self, engine: GenerationEngine, request_id: str, entry: _Entry, prompt_tokens: int
+    ):
+        super().__init__(entry.queue, prompt_tokens, lambda: engine.cancel(request_id))
+        self.request_id = request_id
 
 
 class GenerationEngine:
