@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import platform
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
 
 from hfserve.errors import ConfigError
 
-__all__ = ["CudaDevice", "DeviceChoice", "HardwareReport", "choose_device", "probe"]
+__all__ = [
+    "CudaDevice",
+    "DeviceChoice",
+    "HardwareReport",
+    "auto_torch_threads",
+    "choose_device",
+    "probe",
+    "usable_cpus",
+]
+
+_CGROUP = Path("/sys/fs/cgroup")
 
 
 @dataclass(frozen=True)
@@ -187,3 +199,48 @@ def probe(requested_device: str = "auto", requested_dtype: str = "auto") -> Hard
             requested_dtype=requested_dtype,
         ),
     )
+
+
+def usable_cpus(cgroup: Path = _CGROUP) -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (a container's
+    ``limits.cpu``, rounded up); at least 1.
+
+    torch's own default counts the host's cores, which in a pod limited to 2 CPUs on a 64-core
+    node means 64 threads contending for 2 CPUs' worth of time.
+    """
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS and Windows have no affinity call
+        count = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup)
+    if quota is not None:
+        count = min(count, math.ceil(quota))
+    return max(1, count)
+
+
+def cgroup_cpu_quota(root: Path = _CGROUP) -> float | None:
+    """CPUs' worth of time the cgroup may use (cgroup v2 ``cpu.max``, else v1's CFS quota);
+    None when unlimited or unknown."""
+    try:
+        quota, period = (root / "cpu.max").read_text(encoding="ascii").split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text(encoding="ascii"))
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def auto_torch_threads(cpus: int, workers: int = 1) -> int:
+    """torch's CPU threads per worker process when not set: the usable CPUs but one per worker,
+    which stays free for that worker's event loop (HTTP, tokenizing, streaming), shared out
+    among the workers; at least 1.
+
+    Measured on 2 vCPUs (docs/benchmarks.md): torch's default of one thread per CPU lets the
+    event loop (or anything else) preempt one thread of each parallel region while the others
+    spin at its barrier; throughput then collapses by 2-5x under load.
+    """
+    return max(1, (cpus - workers) // max(1, workers))

@@ -231,8 +231,11 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="Threads torch uses for CPU inference (OMP/MKL_NUM_THREADS, set before "
-        "torch loads); 0 keeps torch's default (one per core). Set it below the core count "
-        "when other processes share the CPU: oversubscribed threads wait on each other.",
+        "torch loads), per worker. 0 (auto): the usable CPUs (affinity and cgroup quota) but one "
+        "per worker, which stays free for its event loop, shared out among the workers, unless "
+        "OMP_NUM_THREADS is already set. torch's own "
+        "default (one per CPU) lets the event loop preempt a thread of every parallel region "
+        "while the others spin waiting for it: 2-5x slower under load on small machines.",
     )
 
     # --- response cache ---------------------------------------------------------------------

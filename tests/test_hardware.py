@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -115,3 +116,44 @@ def test_cli_bad_device_is_one_line_and_exit_2(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no CUDA device: --device cuda:2") and err.count("\n") == 1
+
+
+def _cgroup(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 1.5),  # cgroup v2, limits.cpu: 1500m
+        ({"cpu.max": "max 100000\n"}, None),  # v2, unlimited
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, none
+        ({"cpu.max": "garbage\n"}, None),
+        ({}, None),  # no cgroup files at all (macOS, a bare VM)
+    ],
+)
+def test_cgroup_cpu_quota(tmp_path: Path, files: dict[str, str], quota: float | None) -> None:
+    assert hardware.cgroup_cpu_quota(_cgroup(tmp_path, files)) == quota
+
+
+def test_usable_cpus_is_the_affinity_capped_by_the_quota(tmp_path: Path) -> None:
+    import os
+
+    affinity = len(os.sched_getaffinity(0))
+    assert hardware.usable_cpus(_cgroup(tmp_path / "none", {})) == affinity
+    # A pod limited to 0.5 CPU still gets one thread; a quota above the affinity changes nothing.
+    assert hardware.usable_cpus(_cgroup(tmp_path / "half", {"cpu.max": "50000 100000"})) == 1
+    big = _cgroup(tmp_path / "big", {"cpu.max": f"{(affinity + 8) * 100000} 100000"})
+    assert hardware.usable_cpus(big) == affinity
+
+
+@pytest.mark.parametrize(
+    ("cpus", "workers", "threads"),
+    [(1, 1, 1), (2, 1, 1), (4, 1, 3), (16, 1, 15), (8, 2, 3), (2, 4, 1)],
+)
+def test_auto_torch_threads_keep_a_cpu_per_worker(cpus: int, workers: int, threads: int) -> None:
+    assert hardware.auto_torch_threads(cpus, workers) == threads

@@ -7,6 +7,7 @@ row in ``banner_rows`` rather than another branch inside a long f-string.
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -35,6 +36,13 @@ def _url_row(settings: Settings) -> Row:
 
 def _device_row(choice: DeviceChoice) -> Row:
     return "Device", f"{choice.device} / {choice.dtype}  [dim]({escape(choice.reason)})[/]"
+
+
+def _threads_rows(choice: DeviceChoice) -> list[Row]:
+    if choice.device != "cpu":
+        return []
+    threads = os.environ.get("OMP_NUM_THREADS")
+    return [("Threads", f"{threads} torch" if threads else "torch's default")]
 
 
 def _auth_row(state: ServerState) -> Row:
@@ -67,11 +75,12 @@ def _hint_rows(settings: Settings, state: ServerState) -> list[Row]:
 
 def banner_rows(settings: Settings, state: ServerState, choice: DeviceChoice) -> list[Row]:
     """The banner's (label, value) rows, values in rich markup: URL, workers, the resolved
-    device and dtype, auth, then each model, then a hint when the demo chat is random."""
+    device and dtype, torch's threads on a CPU, auth, then each model, then a hint when the demo chat is random."""
     return [
         _url_row(settings),
         ("Workers", str(settings.workers)),
         _device_row(choice),
+        *_threads_rows(choice),
         _auth_row(state),
         *_model_rows(state),
         *_hint_rows(settings, state),

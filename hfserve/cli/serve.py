@@ -89,7 +89,8 @@ def serve_command(
     ),
     torch_threads: int = typer.Option(
         None,
-        help="Threads torch uses for CPU inference (0: torch's default, one per core).",
+        help="Threads torch uses per worker for CPU inference (0: the usable CPUs but one per "
+        "worker, kept for its event loop; OMP_NUM_THREADS wins when set).  [default: 0]",
         show_default=False,
     ),
     response_cache: bool = typer.Option(
@@ -170,16 +171,26 @@ def build_settings(config: Path | None, **flags: Any) -> Settings:
     return settings
 
 
-def apply_torch_threads(settings: Settings) -> None:
-    """Fix torch's CPU thread count for the whole process (workers inherit it).
+def apply_torch_threads(settings: Settings) -> int | None:
+    """Fix torch's CPU thread count for the whole process (workers inherit it); the count set,
+    or None when the environment already names one.
 
     OpenMP reads its thread count per thread, when torch first loads: so this sets the
     environment before anything imports torch rather than calling ``torch.set_num_threads``,
     which would only affect the calling thread and not the batcher or engine threads.
+    ``--torch-threads 0`` (the default) means the usable CPUs but one per worker, shared out
+    among the workers, unless ``OMP_NUM_THREADS`` is already set.
     """
-    if settings.torch_threads:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(settings.torch_threads)
+    from hfserve.hardware import auto_torch_threads, usable_cpus
+
+    threads = settings.torch_threads
+    if not threads:
+        if "OMP_NUM_THREADS" in os.environ:
+            return None  # the operator's own choice
+        threads = auto_torch_threads(usable_cpus(), settings.workers)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    return threads
 
 
 def run_server(settings: Settings) -> None:

@@ -176,13 +176,21 @@ def test_serve_rejects_workers_without_redis(capsys: pytest.CaptureFixture[str])
 
 def test_torch_threads_are_fixed_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from hfserve.cli.serve import apply_torch_threads
+    from hfserve.hardware import auto_torch_threads, usable_cpus
     from hfserve.settings import Settings
 
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.setenv(var, "unset")  # registers the original value for restoring
         monkeypatch.delenv(var)
-    apply_torch_threads(Settings.load(None))
-    assert "OMP_NUM_THREADS" not in os.environ  # 0 keeps torch's default
-    apply_torch_threads(Settings.load(None, torch_threads=1))
+    # 0 (auto): the usable CPUs but one, kept for the event loop.
+    auto = auto_torch_threads(usable_cpus())
+    assert apply_torch_threads(Settings.load(None)) == auto
+    assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == str(auto)
+    # An operator's OMP_NUM_THREADS wins over auto ...
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert apply_torch_threads(Settings.load(None)) is None
+    assert os.environ["OMP_NUM_THREADS"] == "3"
+    # ... but not over an explicit --torch-threads.
+    assert apply_torch_threads(Settings.load(None, torch_threads=1)) == 1
     assert os.environ["OMP_NUM_THREADS"] == "1"
     assert os.environ["MKL_NUM_THREADS"] == "1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import httpx
@@ -54,6 +55,11 @@ def test_json_log_is_one_object_per_line(start_server: StartServer) -> None:
     assert {"time", "level", "logger", "message", "pid"} <= set(records[0])
     messages = [r["message"] for r in records]
     assert "Device cpu / float32  (requested)" in messages
+    # torch's threads on a CPU: the usable CPUs but one (kept for the event loop), by default.
+    from hfserve.hardware import auto_torch_threads, usable_cpus
+
+    threads = os.environ.get("OMP_NUM_THREADS") or auto_torch_threads(usable_cpus())
+    assert f"Threads {threads} torch" in messages
     assert any(m.startswith("Models tiny-llama  text-generation") for m in messages)
     assert {"uvicorn.error", "hfserve.access", "ContinuousBatchingLogger"} <= {
         r["logger"] for r in records
