@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
@@ -114,6 +114,20 @@ def runtime_options_from(
         trust_remote_code=settings.trust_remote_code,
         batch_observer=batch_observer,
     )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _AliasedObserver:
+    """Reports one model's batches under its served alias."""
+
+    inner: BatchObserver
+    alias: str
+
+    def on_batch(
+        self, model: str, size: int, queue_waits: Sequence[float], run_seconds: float
+    ) -> None:
+        """Pass the batch on under the alias."""
+        self.inner.on_batch(self.alias, size, queue_waits, run_seconds)
 
 
 class ModelLoader:
@@ -482,6 +496,11 @@ class ModelLoader:
                 spec.build(Path(spec.source))
             skill = self._registry.resolve(spec.source, spec.task)
             options = self._options
+            if options.batch_observer is not None:
+                # Batch metrics carry the alias, like every other per-model metric (a skill
+                # knows its model only by the path or Hub id it loaded).
+                observer = _AliasedObserver(options.batch_observer, spec.alias)
+                options = dataclasses.replace(options, batch_observer=observer)
             if spec.chat_template is not None:
                 options = dataclasses.replace(options, chat_template=_read_template(spec))
             model = skill.load(spec.source, choice.device, choice.dtype, options)

@@ -466,8 +466,9 @@ def test_metrics_after_traffic(make_client: Any) -> None:
         'hfserve_requests_total{model="tiny-llama",route="/v1/chat/completions",status="200"}',
         "hfserve_time_to_first_token_seconds_count",
         'hfserve_generation_tokens_total{model="tiny-llama"} 3.0',
-        "hfserve_batch_size_count",
-        "hfserve_queue_wait_seconds_count",
+        # Batch metrics carry the served alias like the rest, not the folder the model came from.
+        'hfserve_batch_size_count{model="tiny-bert"} 1.0',
+        'hfserve_queue_wait_seconds_count{model="tiny-bert"} 2.0',
         "hfserve_model_loads_total",
     ):
         assert name in text, name
