@@ -7,7 +7,12 @@ baseline is a bare Starlette app returning the very same bytes on the same uvico
 (uvloop + httptools, no access log). Both are driven by ``wrk`` (C): a Python load generator
 saturates near 1k req/s on two cores and would measure itself.
 
-Target: hfserve >= 0.8x the bare app's requests/s.
+The machine is noisy (±15% from one second to the next), so both servers stay up and are
+measured in interleaved rounds after a warm-up, in alternating order (bare first, then hfserve
+first, ...) so that drift hits both alike. Each system's figure is the median of its rounds;
+the ratio is the ratio of the medians, and the spread of the per-round ratios is reported.
+
+Target: hfserve >= 0.6x the bare app's requests/s (issue 18; 0.8x is the later goal).
 
     python benchmarks/overhead.py [--smoke]
 """
@@ -36,13 +41,13 @@ from hfserve.core.keystore import KeyStore
 from hfserve.runtime.demo import minilm_path
 
 HERE = Path(__file__).resolve().parent
-TARGET = 0.8
+TARGET = 0.6
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison and write ``overhead.json`` / ``overhead.png``."""
     args = parse_args(__doc__ or "", argv)
-    seconds, rounds, connections = (1.0, 1, 8) if args.smoke else (8.0, 3, 64)
+    seconds, rounds, connections = (1.0, 1, 8) if args.smoke else (6.0, 5, 64)
     report = Report("overhead", "Middleware overhead: GET /v1/models", "req/s", args.smoke)
     with temp_dir("hfserve-overhead-") as tmp:
         keys_file = tmp / "keys.json"
@@ -82,11 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             with bare:
                 bare_url = f"http://{LOOPBACK}:{bare_port}/v1/models"
+                systems = (("bare starlette", bare_url), ("hfserve", url))
                 samples: dict[str, list[float]] = {"bare starlette": [], "hfserve": []}
                 latency: dict[str, list[float]] = {"bare starlette": [], "hfserve": []}
-                # Alternate the two so drift on the machine (thermal, neighbours) hits both.
-                for _ in range(rounds):
-                    for system, target_url in (("bare starlette", bare_url), ("hfserve", url)):
+                # Warm both up (first connections, caches, lazily built state), unmeasured.
+                for _, target_url in systems:
+                    run_wrk(target_url, connections=connections, seconds=1, headers=headers)
+                for n in range(rounds):
+                    for system, target_url in systems if n % 2 == 0 else systems[::-1]:
                         result = run_wrk(
                             target_url,
                             connections=connections,
@@ -97,12 +105,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                             raise RuntimeError(f"{system}: {result.errors} failed requests")
                         samples[system].append(result.requests_per_second)
                         latency[system].append(result.latency_avg_ms)
+    round_ratios = [
+        ours / theirs
+        for ours, theirs in zip(samples["hfserve"], samples["bare starlette"], strict=True)
+    ]
     for system, values in samples.items():
         report.add(
             system,
             statistics.median(values),
             group=f"c={connections}",
             rounds=len(values),
+            min=min(values),
+            max=max(values),
             latency_avg_ms=statistics.median(latency[system]),
         )
     report.add_ratios("bare starlette")
@@ -111,8 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     report.targets.append(Target(f"hfserve >= {TARGET}x bare Starlette req/s", ratio, TARGET))
     report.notes.append(
-        f"wrk -t1 -c{connections} -d{seconds:g}s, median of {rounds} alternating rounds; "
-        "both servers: one uvicorn worker, uvloop + httptools, log level warning"
+        f"wrk -t1 -c{connections} -d{seconds:g}s, median of {rounds} interleaved rounds "
+        "(order alternating) after a 1 s warm-up of each; both servers: one uvicorn worker, "
+        "uvloop + httptools, log level warning"
+    )
+    report.notes.append(
+        "per-round ratios hfserve/bare: "
+        + ", ".join(f"{r:.2f}" for r in round_ratios)
+        + f" (median {statistics.median(round_ratios):.2f})"
     )
     report.write(args.out)
     return 0

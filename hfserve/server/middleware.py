@@ -9,8 +9,8 @@ reads back ``model`` for the metrics labels. CORS, when enabled, wraps it (see a
 from __future__ import annotations
 
 import logging
+import random
 import re
-import secrets
 import time
 from typing import Any
 
@@ -26,6 +26,9 @@ __all__ = ["ServingMiddleware", "format_reset"]
 
 access_log = logging.getLogger("hfserve.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Request ids must be unique, not secret (they are echoed in headers and logs): a PRNG seeded
+# from the OS is 128 random bits without the getrandom() syscall that ``secrets`` makes.
+_ids = random.Random()
 
 
 def _state(scope: Scope) -> dict[str, Any]:
@@ -76,7 +79,10 @@ class ServingMiddleware:
         server = self.state
         ctx = _state(scope)
         incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else secrets.token_hex(16)
+        if incoming and _REQUEST_ID.match(incoming):
+            request_id = incoming
+        else:
+            request_id = f"{_ids.getrandbits(128):032x}"
         ctx["request_id"] = request_id
         path = scope["path"]
         route = self.endpoints.label(path)
@@ -160,7 +166,7 @@ class ServingMiddleware:
         ctx["rate_subject"] = subject
         ctx["rate_limits"] = limits
         decision = await server.rate_limiter.allow(subject, limits)
-        extra += [(name.encode(), value.encode()) for name, value in _rate_limit_headers(decision)]
+        extra += _rate_limit_headers(decision)
         if decision.allowed:
             return None
         budget = (
@@ -201,21 +207,21 @@ def _refusal_headers(exc: HfServeError) -> dict[str, str] | None:
     return {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
 
 
-def _rate_limit_headers(decision: RateDecision) -> list[tuple[str, str]]:
-    """OpenAI's ``x-ratelimit-*`` headers for the budgets that are limited."""
-    headers: list[tuple[str, str]] = []
+def _rate_limit_headers(decision: RateDecision) -> list[tuple[bytes, bytes]]:
+    """OpenAI's ``x-ratelimit-*`` headers for the budgets that are limited, as raw ASGI pairs."""
+    headers: list[tuple[bytes, bytes]] = []
     if decision.limit_requests:
-        headers += [
-            ("x-ratelimit-limit-requests", str(decision.limit_requests)),
-            ("x-ratelimit-remaining-requests", str(max(0, decision.remaining_requests))),
-            ("x-ratelimit-reset-requests", format_reset(decision.reset_requests)),
-        ]
+        headers += (
+            (b"x-ratelimit-limit-requests", b"%d" % decision.limit_requests),
+            (b"x-ratelimit-remaining-requests", b"%d" % max(0, decision.remaining_requests)),
+            (b"x-ratelimit-reset-requests", format_reset(decision.reset_requests).encode()),
+        )
     if decision.limit_tokens:
-        headers += [
-            ("x-ratelimit-limit-tokens", str(decision.limit_tokens)),
-            ("x-ratelimit-remaining-tokens", str(max(0, decision.remaining_tokens))),
-            ("x-ratelimit-reset-tokens", format_reset(decision.reset_tokens)),
-        ]
+        headers += (
+            (b"x-ratelimit-limit-tokens", b"%d" % decision.limit_tokens),
+            (b"x-ratelimit-remaining-tokens", b"%d" % max(0, decision.remaining_tokens)),
+            (b"x-ratelimit-reset-tokens", format_reset(decision.reset_tokens).encode()),
+        )
     return headers
 
 
