@@ -106,12 +106,17 @@ class RateLimitBackend(Protocol):
 
 
 class _Bucket:
-    __slots__ = ("full_at", "level", "updated")
+    # ``spec``: the shape it last refilled with, for the sweep to tell when it is full again.
+    __slots__ = ("level", "spec", "updated")
 
-    def __init__(self, level: float, updated: float, full_at: float) -> None:
+    def __init__(self, level: float, updated: float, spec: BucketSpec) -> None:
         self.level = level
         self.updated = updated
-        self.full_at = full_at
+        self.spec = spec
+
+    def full_at(self) -> float:
+        """When this bucket is full again (a full bucket is the same as no bucket)."""
+        return self.updated + _time_to(self.spec.capacity, self.level, self.spec)
 
 
 class MemoryRateLimitBackend:
@@ -148,35 +153,29 @@ class MemoryRateLimitBackend:
             if self._ops % _SWEEP_EVERY == 0:
                 self._sweep(now)
             held = self._buckets
-            refilled = []
+            buckets = []
             pay = True
             for spec in specs:
-                name = (key, spec.name)
-                bucket = held.get(name)
+                bucket = held.get((key, spec.name))
                 if bucket is None:
-                    bucket = held[name] = _Bucket(spec.capacity, now, now)
+                    bucket = held[key, spec.name] = _Bucket(spec.capacity, now, spec)
                 elif now > bucket.updated:
                     # Threads may read the clock in one order and take the lock in another:
                     # time seen by a bucket never runs backwards.
                     level = bucket.level + (now - bucket.updated) * spec.refill_per_second
                     bucket.level = level if level < spec.capacity else spec.capacity
                     bucket.updated = now
+                bucket.spec = spec
                 if conditional and bucket.level + _EPSILON < spec.cost:
                     pay = False
-                refilled.append(bucket)
-            states = []
-            for bucket, spec in zip(refilled, specs, strict=True):
-                if pay:
+                buckets.append(bucket)
+            if pay:
+                for bucket, spec in zip(buckets, specs, strict=True):
                     bucket.level -= spec.cost
-                    deficit = spec.capacity - bucket.level
-                    bucket.full_at = bucket.updated + (
-                        deficit / spec.refill_per_second if deficit > 0 else 0.0
-                    )
-                states.append(BucketState(bucket.level, pay))
-            return states
+            return [BucketState(bucket.level, pay) for bucket in buckets]
 
     def _sweep(self, now: float) -> None:
-        for name in [n for n, b in self._buckets.items() if b.full_at <= now]:
+        for name in [n for n, b in self._buckets.items() if b.full_at() <= now]:
             del self._buckets[name]
 
 

@@ -71,6 +71,8 @@ class ServingMiddleware:
         )
         self.unlogged = frozenset(e.metric_label for e in endpoints if not e.access_log)
         self.access_log = settings.access_log
+        # Metric labels of the exact paths, looked up once per request without the index.
+        self.labels = {e.path: e.metric_label for e in endpoints if "{" not in e.path}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,14 +80,14 @@ class ServingMiddleware:
             return
         server = self.state
         ctx = _state(scope)
-        incoming = _header(scope, b"x-request-id")
+        incoming, length, presented = _scan_headers(scope["headers"])
         if incoming and _REQUEST_ID.match(incoming):
             request_id = incoming
         else:
             request_id = f"{_ids.getrandbits(128):032x}"
         ctx["request_id"] = request_id
         path = scope["path"]
-        route = self.endpoints.label(path)
+        route = self.labels.get(path) or self.endpoints.label(path)
         # Headers every response of this request carries, whoever writes it (route or error).
         # Appending raw pairs is much cheaper than MutableHeaders' scan-and-replace; nothing
         # downstream sets these names.
@@ -102,7 +104,7 @@ class ServingMiddleware:
 
         server.request_started()
         try:
-            refusal = await self._admit(scope, ctx, path, extra)
+            refusal = await self._admit(scope, ctx, path, extra, length, presented)
             if refusal is not None:
                 await error_response(refusal, _refusal_headers(refusal))(
                     scope, receive, send_with_headers
@@ -116,7 +118,11 @@ class ServingMiddleware:
             elapsed = time.perf_counter() - started
             model = ctx.get("model", "")
             server.metrics.observe_request(route, model, status, elapsed)
-            if self.access_log and route not in self.unlogged:
+            if (
+                self.access_log
+                and route not in self.unlogged
+                and access_log.isEnabledFor(logging.INFO)
+            ):
                 key = ctx.get("api_key")
                 access_log.info(
                     "method=%s path=%s status=%d duration_ms=%.1f request_id=%s model=%s key_id=%s",
@@ -130,7 +136,13 @@ class ServingMiddleware:
                 )
 
     async def _admit(
-        self, scope: Scope, ctx: dict[str, Any], path: str, extra: list[tuple[bytes, bytes]]
+        self,
+        scope: Scope,
+        ctx: dict[str, Any],
+        path: str,
+        extra: list[tuple[bytes, bytes]],
+        length: str | None,
+        presented: str | None,
     ) -> HfServeError | None:
         """The error that refuses this request before it reaches a route, or None to admit it."""
         server = self.state
@@ -139,7 +151,6 @@ class ServingMiddleware:
                 server.check_accepting()
             except HfServeError as exc:
                 return exc
-        length = _header(scope, b"content-length")
         limit = self.body_limits.get(path, self.max_bytes)
         if length is not None and length.isdigit() and int(length) > limit:
             return self._too_large(limit, path in self.uploads)
@@ -147,7 +158,6 @@ class ServingMiddleware:
             return None
         key = None
         if server.auth_enabled():
-            presented = _presented_key(scope)
             try:
                 if not presented:
                     raise AuthError(
@@ -235,18 +245,30 @@ def format_reset(seconds: float) -> str:
     return f"{minutes}m{rest}s"
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")  # type: ignore[no-any-return]
-    return None
+def _scan_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None, str | None]:
+    """The request id, content length and presented API key, in one pass over the headers.
 
-
-def _presented_key(scope: Scope) -> str | None:
-    auth = _header(scope, b"authorization")
-    if auth:
-        scheme, _, token = auth.partition(" ")
+    One pass instead of one scan per header: this runs on every request. The first of
+    repeated headers counts; a key in ``Authorization: Bearer`` wins over ``x-api-key``.
+    """
+    request_id = length = bearer = api_key = None
+    for name, value in headers:
+        if name == b"authorization":
+            if bearer is None:
+                bearer = value
+        elif name == b"x-request-id":
+            if request_id is None:
+                request_id = value.decode("latin-1")
+        elif name == b"content-length":
+            if length is None:
+                length = value.decode("latin-1")
+        elif name == b"x-api-key" and api_key is None:
+            api_key = value
+    presented = None
+    if bearer:
+        scheme, _, token = bearer.decode("latin-1").partition(" ")
         if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    key = _header(scope, b"x-api-key")
-    return key.strip() if key else None
+            presented = token.strip()
+    if presented is None and api_key:
+        presented = api_key.decode("latin-1").strip() or None
+    return request_id, length, presented
