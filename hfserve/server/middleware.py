@@ -220,19 +220,31 @@ def _refusal_headers(exc: HfServeError) -> dict[str, str] | None:
 def _rate_limit_headers(decision: RateDecision) -> list[tuple[bytes, bytes]]:
     """OpenAI's ``x-ratelimit-*`` headers for the budgets that are limited, as raw ASGI pairs."""
     headers: list[tuple[bytes, bytes]] = []
+    # Remaining counts are never negative in a decision (see RateDecision).
     if decision.limit_requests:
         headers += (
             (b"x-ratelimit-limit-requests", b"%d" % decision.limit_requests),
-            (b"x-ratelimit-remaining-requests", b"%d" % max(0, decision.remaining_requests)),
-            (b"x-ratelimit-reset-requests", format_reset(decision.reset_requests).encode()),
+            (b"x-ratelimit-remaining-requests", b"%d" % decision.remaining_requests),
+            (b"x-ratelimit-reset-requests", _reset_bytes(decision.reset_requests)),
         )
     if decision.limit_tokens:
         headers += (
             (b"x-ratelimit-limit-tokens", b"%d" % decision.limit_tokens),
-            (b"x-ratelimit-remaining-tokens", b"%d" % max(0, decision.remaining_tokens)),
-            (b"x-ratelimit-reset-tokens", format_reset(decision.reset_tokens).encode()),
+            (b"x-ratelimit-remaining-tokens", b"%d" % decision.remaining_tokens),
+            (b"x-ratelimit-reset-tokens", _reset_bytes(decision.reset_tokens)),
         )
     return headers
+
+
+# Sub-second resets (nearly all of them: a bucket refills one request's worth in 60/rpm s)
+# looked up rather than formatted per request.
+_RESET_MS = tuple(b"%dms" % ms for ms in range(1001))
+
+
+def _reset_bytes(seconds: float) -> bytes:
+    if seconds < 1:
+        return _RESET_MS[max(0, round(seconds * 1000))]
+    return format_reset(seconds).encode()
 
 
 def format_reset(seconds: float) -> str:
