@@ -280,19 +280,15 @@ def _decision(specs: Sequence[BucketSpec], states: Sequence[BucketState]) -> Rat
             allowed = False
     retry_after = 0.0
     req: tuple[int, int, float] = (0, 0, 0.0)
-    tok: tuple[int, int, float] = (0, 0, 0.0)
-    for spec, state in zip(specs, states, strict=True):
-        level = state.level
+    tok = req
+    for spec, (level, _) in zip(specs, states, strict=True):
+        capacity = spec.capacity
         if not allowed:
             retry_after = max(retry_after, _time_to(spec.cost, level, spec))
         # int() truncates towards zero: the same as floor() for the positive levels it keeps.
         remaining = int(level + _EPSILON)
-        reset = (spec.capacity - level) / spec.refill_per_second
-        report = (
-            int(spec.capacity),
-            remaining if remaining > 0 else 0,
-            reset if reset > 0 else 0.0,
-        )
+        reset = (capacity - level) / spec.refill_per_second
+        report = (int(capacity), remaining if remaining > 0 else 0, reset if reset > 0 else 0.0)
         if spec.name == "requests":
             req = report
         else:

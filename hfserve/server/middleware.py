@@ -276,11 +276,13 @@ def _scan_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str |
                 length = value.decode("latin-1")
         elif name == b"x-api-key" and api_key is None:
             api_key = value
-    presented = None
     if bearer:
-        scheme, _, token = bearer.decode("latin-1").partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            presented = token.strip()
-    if presented is None and api_key:
-        presented = api_key.decode("latin-1").strip() or None
-    return request_id, length, presented
+        scheme, _, token = bearer.partition(b" ")
+        token = token.strip()
+        if token and scheme.lower() == b"bearer":
+            return request_id, length, token.decode("latin-1")
+    if api_key:
+        api_key = api_key.strip()
+        if api_key:
+            return request_id, length, api_key.decode("latin-1")
+    return request_id, length, None
