@@ -124,17 +124,22 @@ class KeyStore:
             signature = self._stat()
             self._install(self._read() if signature is not None else [], signature)
 
-    def _maybe_reload(self) -> None:
+    def _maybe_reload(self) -> float:
+        """Re-read the file if it changed (looked at once per ``reload_interval``); the time."""
+        now = self._clock.now()
+        # The lower bound matters for wall clocks stepped backwards (NTP): without it a
+        # server could stop noticing revocations until the clock caught up again. Checked
+        # without the lock (it runs on every request): reading two attributes is atomic, and
+        # a stale read only means taking the locked path, which stats the file once more.
+        next_check = self._next_check
+        if self._loaded and next_check - self._reload_interval <= now < next_check:
+            return now
         with self._mutex:
-            now = self._clock.now()
-            # The lower bound matters for wall clocks stepped backwards (NTP): without it a
-            # server could stop noticing revocations until the clock caught up again.
-            if self._loaded and self._next_check - self._reload_interval <= now < self._next_check:
-                return
             self._next_check = now + self._reload_interval
             signature = self._stat()
             if not self._loaded or signature != self._signature:
                 self._install(self._read() if signature is not None else [], signature)
+        return now
 
     def _stat(self) -> _Signature | None:
         try:
@@ -170,10 +175,10 @@ class KeyStore:
             AuthError: the key is unknown, revoked or expired (the message never echoes it).
             ConfigError: the keys file is corrupt.
         """
-        self._maybe_reload()
+        now = self._maybe_reload()
         digest = hash_key(key)
-        with self._mutex:
-            record = self._by_hash.get(digest)
+        # No lock for the lookup: _install swaps in a whole new dict, never edits one in place.
+        record = self._by_hash.get(digest)
         # The dict lookup is keyed by a hash, not the secret; the final equality check is
         # constant-time so it leaks nothing about how much of a stored hash matched.
         expected = record.key_hash if record is not None else _NO_MATCH
@@ -181,7 +186,7 @@ class KeyStore:
             raise AuthError("invalid API key")
         if record.revoked_at is not None or self._externally_revoked(record.id):
             raise AuthError(f"API key {record.id} has been revoked")
-        if record.state(self._clock.now()) == "expired":
+        if record.expires_at is not None and now >= record.expires_at:
             raise AuthError(f"API key {record.id} has expired")
         return record
 
@@ -195,8 +200,7 @@ class KeyStore:
         authentication off for a server whose auth default follows this answer.
         """
         self._maybe_reload()
-        with self._mutex:
-            return bool(self._by_id)
+        return bool(self._by_id)  # asked per request; a whole dict is swapped in, no lock
 
     def list_keys(self) -> list[ApiKey]:
         """Every key record in creation order (the file's order)."""

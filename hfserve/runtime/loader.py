@@ -284,7 +284,14 @@ class ModelLoader:
 
     def state(self, name: str) -> ModelState:
         """``loaded`` (in memory), ``loading`` (a load is running) or ``available``."""
-        alias = self.resolve_name(name).alias
+        return self._state_of(self.resolve_name(name).alias)
+
+    def states(self) -> tuple[tuple[str, ModelState], ...]:
+        """Every served alias with its state, in serving order (what ``/v1/models`` lists)."""
+        # One pass over the specs: per alias, ``state`` would copy the specs to resolve it.
+        return tuple((alias, self._state_of(alias)) for alias in self.specs)
+
+    def _state_of(self, alias: str) -> ModelState:
         if alias in self._cache:
             return "loaded"
         if alias in self._loading or alias in self._late:

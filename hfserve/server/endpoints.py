@@ -96,7 +96,7 @@ async def openapi_document(request: Request) -> Response:
 
 _API_ERRORS = (400, 401, 404, 413, 429, 500, 503)
 
-# Starlette tries routes in order: the API routes, which carry the traffic, come first.
+# The order here is the OpenAPI document's; create_app tries the GET routes first (see there).
 # One endpoint a line (formatter off so each stays one line).
 # fmt: off
 ENDPOINTS: tuple[Endpoint, ...] = (

@@ -9,14 +9,14 @@ reads back ``model`` for the metrics labels. CORS, when enabled, wraps it (see a
 from __future__ import annotations
 
 import logging
+import random
 import re
-import secrets
 import time
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hfserve.core.rate_limiter import RateDecision
+from hfserve.core.rate_limiter import RateDecision, RateLimits
 from hfserve.errors import AuthError, HfServeError, PayloadTooLargeError, RateLimitedError
 from hfserve.server.endpoints import ENDPOINTS, Endpoint, EndpointIndex
 from hfserve.server.errors import error_response
@@ -26,6 +26,9 @@ __all__ = ["ServingMiddleware", "format_reset"]
 
 access_log = logging.getLogger("hfserve.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Request ids must be unique, not secret (they are echoed in headers and logs): a PRNG seeded
+# from the OS is 128 random bits without the getrandom() syscall that ``secrets`` makes.
+_ids = random.Random()
 
 
 def _state(scope: Scope) -> dict[str, Any]:
@@ -68,6 +71,8 @@ class ServingMiddleware:
         )
         self.unlogged = frozenset(e.metric_label for e in endpoints if not e.access_log)
         self.access_log = settings.access_log
+        # Metric labels of the exact paths, looked up once per request without the index.
+        self.labels = {e.path: e.metric_label for e in endpoints if "{" not in e.path}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -75,11 +80,14 @@ class ServingMiddleware:
             return
         server = self.state
         ctx = _state(scope)
-        incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else secrets.token_hex(16)
+        incoming, length, presented = _scan_headers(scope["headers"])
+        if incoming and _REQUEST_ID.match(incoming):
+            request_id = incoming
+        else:
+            request_id = f"{_ids.getrandbits(128):032x}"
         ctx["request_id"] = request_id
         path = scope["path"]
-        route = self.endpoints.label(path)
+        route = self.labels.get(path) or self.endpoints.label(path)
         # Headers every response of this request carries, whoever writes it (route or error).
         # Appending raw pairs is much cheaper than MutableHeaders' scan-and-replace; nothing
         # downstream sets these names.
@@ -96,7 +104,9 @@ class ServingMiddleware:
 
         server.request_started()
         try:
-            refusal = await self._admit(scope, ctx, path, extra)
+            refusal, pending = self._admit(scope, ctx, path, extra, length, presented)
+            if pending is not None:  # a shared (Redis) rate limiter: awaited
+                refusal = self._judge(await server.rate_limiter.allow(*pending), extra)
             if refusal is not None:
                 await error_response(refusal, _refusal_headers(refusal))(
                     scope, receive, send_with_headers
@@ -110,7 +120,11 @@ class ServingMiddleware:
             elapsed = time.perf_counter() - started
             model = ctx.get("model", "")
             server.metrics.observe_request(route, model, status, elapsed)
-            if self.access_log and route not in self.unlogged:
+            if (
+                self.access_log
+                and route not in self.unlogged
+                and access_log.isEnabledFor(logging.INFO)
+            ):
                 key = ctx.get("api_key")
                 access_log.info(
                     "method=%s path=%s status=%d duration_ms=%.1f request_id=%s model=%s key_id=%s",
@@ -123,25 +137,33 @@ class ServingMiddleware:
                     key.id if key is not None else "-",
                 )
 
-    async def _admit(
-        self, scope: Scope, ctx: dict[str, Any], path: str, extra: list[tuple[bytes, bytes]]
-    ) -> HfServeError | None:
-        """The error that refuses this request before it reaches a route, or None to admit it."""
+    def _admit(
+        self,
+        scope: Scope,
+        ctx: dict[str, Any],
+        path: str,
+        extra: list[tuple[bytes, bytes]],
+        length: str | None,
+        presented: str | None,
+    ) -> tuple[HfServeError | None, tuple[str, RateLimits] | None]:
+        """The error that refuses this request before it reaches a route (None to admit it),
+        and the rate-limit check still to await (None when decided here, as it is in memory).
+
+        Synchronous: a coroutine per request costs a measurable share of a cheap route.
+        """
         server = self.state
         if server.draining and path not in self.drain_exempt:
             try:
                 server.check_accepting()
             except HfServeError as exc:
-                return exc
-        length = _header(scope, b"content-length")
+                return exc, None
         limit = self.body_limits.get(path, self.max_bytes)
         if length is not None and length.isdigit() and int(length) > limit:
-            return self._too_large(limit, path in self.uploads)
+            return self._too_large(limit, path in self.uploads), None
         if path in self.public or scope["method"] == "OPTIONS":
-            return None
+            return None, None
         key = None
         if server.auth_enabled():
-            presented = _presented_key(scope)
             try:
                 if not presented:
                     raise AuthError(
@@ -150,19 +172,28 @@ class ServingMiddleware:
                 key = ctx["api_key"] = server.keystore.verify(presented)
             except AuthError as exc:
                 server.metrics.auth_failures.inc()
-                return exc
+                return exc, None
         if not path.startswith("/v1/"):
-            return None
+            return None, None
         limits = server.limits_for(key)
         if not limits.requests_per_minute and not limits.tokens_per_minute:
-            return None
+            return None, None
         subject = key.id if key is not None else f"ip:{(scope.get('client') or ('-', 0))[0]}"
         ctx["rate_subject"] = subject
         ctx["rate_limits"] = limits
-        decision = await server.rate_limiter.allow(subject, limits)
-        extra += [(name.encode(), value.encode()) for name, value in _rate_limit_headers(decision)]
+        decision = server.rate_limiter.allow_now(subject, limits)
+        if decision is None:
+            return None, (subject, limits)
+        return self._judge(decision, extra), None
+
+    def _judge(
+        self, decision: RateDecision, extra: list[tuple[bytes, bytes]]
+    ) -> RateLimitedError | None:
+        """Add the rate-limit headers; the refusal when the decision refuses."""
+        extra += _rate_limit_headers(decision)
         if decision.allowed:
             return None
+        server = self.state
         budget = (
             "requests" if decision.remaining_requests <= 0 < decision.limit_requests else "tokens"
         )
@@ -201,22 +232,34 @@ def _refusal_headers(exc: HfServeError) -> dict[str, str] | None:
     return {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
 
 
-def _rate_limit_headers(decision: RateDecision) -> list[tuple[str, str]]:
-    """OpenAI's ``x-ratelimit-*`` headers for the budgets that are limited."""
-    headers: list[tuple[str, str]] = []
+def _rate_limit_headers(decision: RateDecision) -> list[tuple[bytes, bytes]]:
+    """OpenAI's ``x-ratelimit-*`` headers for the budgets that are limited, as raw ASGI pairs."""
+    headers: list[tuple[bytes, bytes]] = []
+    # Remaining counts are never negative in a decision (see RateDecision).
     if decision.limit_requests:
-        headers += [
-            ("x-ratelimit-limit-requests", str(decision.limit_requests)),
-            ("x-ratelimit-remaining-requests", str(max(0, decision.remaining_requests))),
-            ("x-ratelimit-reset-requests", format_reset(decision.reset_requests)),
-        ]
+        headers += (
+            (b"x-ratelimit-limit-requests", b"%d" % decision.limit_requests),
+            (b"x-ratelimit-remaining-requests", b"%d" % decision.remaining_requests),
+            (b"x-ratelimit-reset-requests", _reset_bytes(decision.reset_requests)),
+        )
     if decision.limit_tokens:
-        headers += [
-            ("x-ratelimit-limit-tokens", str(decision.limit_tokens)),
-            ("x-ratelimit-remaining-tokens", str(max(0, decision.remaining_tokens))),
-            ("x-ratelimit-reset-tokens", format_reset(decision.reset_tokens)),
-        ]
+        headers += (
+            (b"x-ratelimit-limit-tokens", b"%d" % decision.limit_tokens),
+            (b"x-ratelimit-remaining-tokens", b"%d" % decision.remaining_tokens),
+            (b"x-ratelimit-reset-tokens", _reset_bytes(decision.reset_tokens)),
+        )
     return headers
+
+
+# Sub-second resets (nearly all of them: a bucket refills one request's worth in 60/rpm s)
+# looked up rather than formatted per request.
+_RESET_MS = tuple(b"%dms" % ms for ms in range(1001))
+
+
+def _reset_bytes(seconds: float) -> bytes:
+    if seconds < 1:
+        return _RESET_MS[max(0, round(seconds * 1000))]
+    return format_reset(seconds).encode()
 
 
 def format_reset(seconds: float) -> str:
@@ -229,18 +272,32 @@ def format_reset(seconds: float) -> str:
     return f"{minutes}m{rest}s"
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")  # type: ignore[no-any-return]
-    return None
+def _scan_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None, str | None]:
+    """The request id, content length and presented API key, in one pass over the headers.
 
-
-def _presented_key(scope: Scope) -> str | None:
-    auth = _header(scope, b"authorization")
-    if auth:
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    key = _header(scope, b"x-api-key")
-    return key.strip() if key else None
+    One pass instead of one scan per header: this runs on every request. The first of
+    repeated headers counts; a key in ``Authorization: Bearer`` wins over ``x-api-key``.
+    """
+    request_id = length = bearer = api_key = None
+    for name, value in headers:
+        if name == b"authorization":
+            if bearer is None:
+                bearer = value
+        elif name == b"x-request-id":
+            if request_id is None:
+                request_id = value.decode("latin-1")
+        elif name == b"content-length":
+            if length is None:
+                length = value.decode("latin-1")
+        elif name == b"x-api-key" and api_key is None:
+            api_key = value
+    if bearer:
+        scheme, _, token = bearer.partition(b" ")
+        token = token.strip()
+        if token and scheme.lower() == b"bearer":
+            return request_id, length, token.decode("latin-1")
+    if api_key:
+        api_key = api_key.strip()
+        if api_key:
+            return request_id, length, api_key.decode("latin-1")
+    return request_id, length, None

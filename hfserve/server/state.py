@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 __all__ = ["ServerState"]
 
 log = logging.getLogger("hfserve.server")
+# A bound on cached RateLimits objects (one per distinct key limit pair; keys are few).
+_MAX_LIMIT_SHAPES = 1024
 
 
 @dataclass
@@ -46,6 +48,7 @@ class ServerState:
     # Whether keys turned auth on when last looked at (None: not yet), to log when it flips.
     _keys_auth: bool | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _limits: dict[tuple[int, int], RateLimits] = field(default_factory=dict)
 
     # --- auth and limits --------------------------------------------------------------------
     def auth_enabled(self) -> bool:
@@ -72,7 +75,13 @@ class ServerState:
         """The key's own limits, else the configured defaults."""
         rpm = key.rpm if key is not None and key.rpm is not None else self.settings.default_rpm
         tpm = key.tpm if key is not None and key.tpm is not None else self.settings.default_tpm
-        return RateLimits(requests_per_minute=rpm, tokens_per_minute=tpm)
+        # Asked on every request; the distinct (rpm, tpm) pairs are as few as the keys' limits.
+        limits = self._limits.get((rpm, tpm))
+        if limits is None:
+            if len(self._limits) >= _MAX_LIMIT_SHAPES:
+                self._limits.clear()
+            limits = self._limits[rpm, tpm] = RateLimits(rpm, tpm)
+        return limits
 
     # --- lifecycle --------------------------------------------------------------------------
     def check_accepting(self) -> None:

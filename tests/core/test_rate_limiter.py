@@ -315,3 +315,36 @@ def _assert_windows(admitted: Sequence[tuple[float, int, int]], index: int, budg
 
 TestLimiterMachine = LimiterMachine.TestCase
 TestLimiterMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+class _CountingBackend:
+    """A backend the limiter only knows through the protocol (as a Redis one would be)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryRateLimitBackend()
+        self.acquired = 0
+
+    async def acquire(
+        self, key: str, buckets: Sequence[BucketSpec], now: float
+    ) -> Sequence[BucketState]:
+        self.acquired += 1
+        return await self.inner.acquire(key, buckets, now)
+
+    async def debit(
+        self, key: str, buckets: Sequence[BucketSpec], now: float
+    ) -> Sequence[BucketState]:
+        return await self.inner.debit(key, buckets, now)
+
+
+async def test_another_backend_is_awaited_and_decides_like_memory(clock: FakeClock) -> None:
+    backend = _CountingBackend()
+    other = RateLimiter(backend, clock=clock)
+    memory = RateLimiter(clock=clock)
+    limits = RateLimits(requests_per_minute=2, tokens_per_minute=100)
+    for tokens in (10, 50, 60, 0):
+        assert await other.allow("k", limits, tokens=tokens) == await memory.allow(
+            "k", limits, tokens=tokens
+        )
+    assert backend.acquired == 4
+    clock.advance(30)
+    assert await other.allow("k", limits) == await memory.allow("k", limits)

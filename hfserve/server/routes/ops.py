@@ -66,7 +66,7 @@ async def list_models(request: Request) -> Response:
     state = server_state(request)
     loader = state.loader
     loader.rescan()
-    states = tuple((alias, loader.state(alias)) for alias in loader.specs)
+    states = loader.states()
     # Clients poll this route (health checks, SDK start-up), and its body only changes when a
     # model is added, loads or is evicted: keep the encoded body until one of those happens.
     fingerprint = (state.started_at, states)
