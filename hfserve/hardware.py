@@ -235,12 +235,6 @@ def cgroup_cpu_quota(root: Path = _CGROUP) -> float | None:
 
 
 def auto_torch_threads(cpus: int, workers: int = 1) -> int:
-    """torch's CPU threads per worker process when not set: the usable CPUs but one per worker,
-    which stays free for that worker's event loop (HTTP, tokenizing, streaming), shared out
-    among the workers; at least 1.
-
-    Measured on 2 vCPUs (docs/benchmarks.md): torch's default of one thread per CPU lets the
-    event loop (or anything else) preempt one thread of each parallel region while the others
-    spin at its barrier; throughput then collapses by 2-5x under load.
-    """
-    return max(1, (cpus - workers) // max(1, workers))
+    """torch's CPU threads per worker process when not set: the usable CPUs shared out among
+    the workers; at least 1."""
+    return max(1, cpus // max(1, workers))

@@ -231,11 +231,10 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="Threads torch uses for CPU inference (OMP/MKL_NUM_THREADS, set before "
-        "torch loads), per worker. 0 (auto): the usable CPUs (affinity and cgroup quota) but one "
-        "per worker, which stays free for its event loop, shared out among the workers, unless "
-        "OMP_NUM_THREADS is already set. torch's own "
-        "default (one per CPU) lets the event loop preempt a thread of every parallel region "
-        "while the others spin waiting for it: 2-5x slower under load on small machines.",
+        "torch loads), per worker. 0 (auto): OMP_NUM_THREADS when set, else the usable CPUs "
+        "(affinity capped by the cgroup CPU quota, so a container's limit counts) shared out "
+        "among the workers. hfserve also sets OMP_WAIT_POLICY=PASSIVE unless set: spinning "
+        "OpenMP threads take the CPU from the event loop (docs/operations.md, CPU threads).",
     )
 
     # --- response cache ---------------------------------------------------------------------

@@ -41,8 +41,9 @@ def _device_row(choice: DeviceChoice) -> Row:
 def _threads_rows(choice: DeviceChoice) -> list[Row]:
     if choice.device != "cpu":
         return []
-    threads = os.environ.get("OMP_NUM_THREADS")
-    return [("Threads", f"{threads} torch" if threads else "torch's default")]
+    threads = os.environ.get("OMP_NUM_THREADS") or "torch's default"
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    return [("Threads", f"{threads} torch" + (f", {policy.lower()} wait" if policy else ""))]
 
 
 def _auth_row(state: ServerState) -> Row:

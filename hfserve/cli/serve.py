@@ -89,8 +89,8 @@ def serve_command(
     ),
     torch_threads: int = typer.Option(
         None,
-        help="Threads torch uses per worker for CPU inference (0: the usable CPUs but one per "
-        "worker, kept for its event loop; OMP_NUM_THREADS wins when set).  [default: 0]",
+        help="Threads torch uses per worker for CPU inference (0: OMP_NUM_THREADS if set, else "
+        "the usable CPUs, container limit included, shared by the workers).  [default: 0]",
         show_default=False,
     ),
     response_cache: bool = typer.Option(
@@ -172,17 +172,25 @@ def build_settings(config: Path | None, **flags: Any) -> Settings:
 
 
 def apply_torch_threads(settings: Settings) -> int | None:
-    """Fix torch's CPU thread count for the whole process (workers inherit it); the count set,
-    or None when the environment already names one.
+    """Fix torch's CPU threads for the whole process (workers inherit them); the count set, or
+    None when the environment already names one.
 
-    OpenMP reads its thread count per thread, when torch first loads: so this sets the
-    environment before anything imports torch rather than calling ``torch.set_num_threads``,
-    which would only affect the calling thread and not the batcher or engine threads.
-    ``--torch-threads 0`` (the default) means the usable CPUs but one per worker, shared out
-    among the workers, unless ``OMP_NUM_THREADS`` is already set.
+    OpenMP reads its settings per thread, when torch first loads: so this sets the environment
+    before anything imports torch rather than calling ``torch.set_num_threads``, which would
+    only affect the calling thread and not the batcher or engine threads.
+
+    * ``--torch-threads 0`` (the default): ``OMP_NUM_THREADS`` when set, else the usable CPUs
+      (affinity, capped by a cgroup quota) shared out among the workers. torch's own count is
+      the host's cores, whatever a container's CPU limit.
+    * ``OMP_WAIT_POLICY=PASSIVE`` unless set: a thread that finishes its share of a product
+      sleeps instead of spinning. Spinning threads take the CPU from the event loop, and when
+      the event loop preempts one of them the rest spin at the barrier waiting for it:
+      embeddings at c=32 ran 2-5x slower under load, and even on an idle 2-vCPU machine the
+      passive policy served 18% more (docs/benchmarks.md, "CPU threads").
     """
     from hfserve.hardware import auto_torch_threads, usable_cpus
 
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     threads = settings.torch_threads
     if not threads:
         if "OMP_NUM_THREADS" in os.environ:

@@ -179,13 +179,17 @@ def test_torch_threads_are_fixed_through_the_environment(monkeypatch: pytest.Mon
     from hfserve.hardware import auto_torch_threads, usable_cpus
     from hfserve.settings import Settings
 
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY"):
         monkeypatch.setenv(var, "unset")  # registers the original value for restoring
         monkeypatch.delenv(var)
-    # 0 (auto): the usable CPUs but one, kept for the event loop.
+    # 0 (auto): the usable CPUs; waiting OpenMP threads sleep instead of spinning.
     auto = auto_torch_threads(usable_cpus())
     assert apply_torch_threads(Settings.load(None)) == auto
     assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == str(auto)
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the operator's policy is kept
+    apply_torch_threads(Settings.load(None))
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
     # An operator's OMP_NUM_THREADS wins over auto ...
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert apply_torch_threads(Settings.load(None)) is None

@@ -55,11 +55,12 @@ def test_json_log_is_one_object_per_line(start_server: StartServer) -> None:
     assert {"time", "level", "logger", "message", "pid"} <= set(records[0])
     messages = [r["message"] for r in records]
     assert "Device cpu / float32  (requested)" in messages
-    # torch's threads on a CPU: the usable CPUs but one (kept for the event loop), by default.
+    # torch's threads on a CPU: the usable CPUs, waiting threads asleep, by default.
     from hfserve.hardware import auto_torch_threads, usable_cpus
 
     threads = os.environ.get("OMP_NUM_THREADS") or auto_torch_threads(usable_cpus())
-    assert f"Threads {threads} torch" in messages
+    policy = os.environ.get("OMP_WAIT_POLICY", "passive").lower()
+    assert f"Threads {threads} torch, {policy} wait" in messages
     assert any(m.startswith("Models tiny-llama  text-generation") for m in messages)
     assert {"uvicorn.error", "hfserve.access", "ContinuousBatchingLogger"} <= {
         r["logger"] for r in records
