@@ -228,6 +228,26 @@ _WRK_PERCENTILE = re.compile(r"([\d.]+)%\s+" + _TIME)
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 
 
+def run_wrk_checked(
+    url: str, server: ServerProcess, *, connections: int, seconds: int, script: Path, label: str
+) -> WrkResult:
+    """``run_wrk`` with a Lua script, refusing a run with errors; a 60 s request timeout, far
+    above any latency here (a slow answer is a slow answer, not a wrk "timeout" error).
+
+    Raises:
+        RuntimeError: a request failed (non-2xx or a socket error): errors measure nothing.
+    """
+    result = run_wrk(
+        url, connections=connections, seconds=seconds, script=script, request_timeout=60
+    )
+    if result.errors:
+        raise RuntimeError(
+            f"{label} at c={connections}: {result.errors} of {result.requests} requests failed "
+            f"(non-2xx or socket errors)\n{server.log_tail()}"
+        )
+    return result
+
+
 def run_wrk(
     url: str,
     *,
@@ -257,8 +277,8 @@ def run_wrk(
     if wrk is None:
         raise RuntimeError("wrk is not installed (Debian/Ubuntu: apt-get install wrk)")
     argv = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--latency"]
-    for name, value in (headers or {}).items():
-        argv += ["-H", f"{name}: {value}"]
+    for name, header in (headers or {}).items():
+        argv += ["-H", f"{name}: {header}"]
     if script is not None:
         argv += ["-s", str(script)]
     if request_timeout is not None:

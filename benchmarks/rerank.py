@@ -26,13 +26,12 @@ from pathlib import Path
 from _common import (
     LOOPBACK,
     Report,
-    ServerProcess,
     Target,
     WrkResult,
     free_port,
     hfserve_serve,
     parse_args,
-    run_wrk,
+    run_wrk_checked,
     temp_dir,
     write_wrk_post_script,
 )
@@ -44,7 +43,6 @@ MODEL = "reranker"
 DOCS_PER_REQUEST = 16
 QUERY_WORDS, DOC_WORDS = 8, 24
 BODIES = 64
-REQUEST_TIMEOUT = 60
 ROUNDS = 3
 SERVED, OFFLINE = "hfserve /v1/rerank", "offline forward (ceiling)"
 
@@ -133,13 +131,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = hfserve_serve({MODEL: folder}, port, "--no-auth", "--no-response-cache")
         url = f"http://{LOOPBACK}:{port}/v1/rerank"
         with server:
-            _wrk(url, server, max(levels), max(1, seconds // 4), script)  # warm-up
+            run_wrk_checked(
+                url,
+                server,
+                connections=max(levels),
+                seconds=max(1, seconds // 4),
+                script=script,
+                label=MODEL,
+            )  # warm-up
             # The box drifts by 15% or more over a minute: alternate the ceiling and the server
             # (the server idles while the ceiling runs) and compare medians of the rounds.
             for _ in range(rounds):
                 offline_runs.append(offline.pairs_per_second(seconds))
                 for concurrency in levels:
-                    served[concurrency].append(_wrk(url, server, concurrency, seconds, script))
+                    served[concurrency].append(
+                        run_wrk_checked(
+                            url,
+                            server,
+                            connections=concurrency,
+                            seconds=seconds,
+                            script=script,
+                            label=MODEL,
+                        )
+                    )
     ceiling = statistics.median(offline_runs)
     for concurrency in levels:
         results = served[concurrency]
@@ -172,24 +186,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     report.write(args.out)
     return 0
-
-
-def _wrk(
-    url: str, server: ServerProcess, concurrency: int, seconds: int, script: Path
-) -> WrkResult:
-    result = run_wrk(
-        url,
-        connections=concurrency,
-        seconds=seconds,
-        script=script,
-        request_timeout=REQUEST_TIMEOUT,
-    )
-    if result.errors:
-        raise RuntimeError(
-            f"c={concurrency}: {result.errors} of {result.requests} requests failed"
-            f"\n{server.log_tail()}"
-        )
-    return result
 
 
 if __name__ == "__main__":
