@@ -218,7 +218,7 @@ class RateLimiter:
         decision = self.allow_now(key, limits, requests=requests, tokens=tokens)
         if decision is not None:
             return decision
-        specs = _plan(limits.requests_per_minute, limits.tokens_per_minute, requests, tokens)[0]
+        specs = _specs(limits, requests=requests, tokens=tokens)
         states = await self.backend.acquire(key, specs, self._clock.now())
         return _decision(specs, states)
 
