@@ -17,6 +17,7 @@ import torch
 
 from hfserve.core.batcher import MicroBatcher
 from hfserve.errors import InferenceError, InvalidRequestError, ShuttingDownError
+from hfserve.skills._threads import pace_forward_threads
 from hfserve.skills._torch import free_memory, module_memory_bytes
 from hfserve.skills.base import (
     ClassificationResult,
@@ -148,6 +149,7 @@ class EncoderModel(ABC, Generic[R]):
         self.device = device
         self.dtype = dtype
         self._model = model
+        pace_forward_threads(model)
         self._tokenizer = tokenizer
         self._max_length = max_length
         self._options = options

@@ -19,6 +19,7 @@ import torch
 
 from hfserve.core.batcher import MicroBatcher
 from hfserve.errors import InferenceError, InvalidRequestError, ShuttingDownError
+from hfserve.skills._threads import pace_forward_threads
 from hfserve.skills._torch import free_memory, module_memory_bytes
 from hfserve.skills.audio import WINDOW_SECONDS, decode_audio, windows
 from hfserve.skills.base import (
@@ -69,6 +70,7 @@ class SpeechModel(ABC):
         self.device = device
         self.dtype = dtype
         self._model = model
+        pace_forward_threads(model)
         self._processor = processor
         self._extractor = processor.feature_extractor
         self._tokenizer = processor.tokenizer

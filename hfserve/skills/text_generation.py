@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hfserve.errors import InvalidRequestError, ModelLoadError
+from hfserve.skills._threads import pace_forward_threads
 from hfserve.skills.base import (
     TASK_GENERATION,
     FinishReason,
@@ -119,6 +120,7 @@ class LoadedTextGenerator:
         self.device = device
         self.dtype = dtype
         self._model = model
+        pace_forward_threads(model)
         self._tokenizer = tokenizer
         self._max_context = _context_length(model, tokenizer)
         self.engine = GenerationEngine(

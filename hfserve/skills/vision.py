@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from hfserve.errors import InvalidRequestError, ModelLoadError
+from hfserve.skills._threads import pace_forward_threads
 from hfserve.skills.base import (
     TASK_IMAGE_TEXT_TO_TEXT,
     FinishReason,
@@ -61,6 +62,7 @@ class LoadedVisionGenerator:
         self.device = device
         self.dtype = dtype
         self._model = model
+        pace_forward_threads(model)
         self._processor = processor
         self._tokenizer = processor.tokenizer
         self._max_context = _context_length(model, self._tokenizer)
