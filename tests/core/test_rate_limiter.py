@@ -22,6 +22,7 @@ from hfserve.core.rate_limiter import (
     RateLimits,
 )
 from hfserve.errors import InvalidRequestError
+from tests.fixtures.rate_limits import CountingBackend
 
 # 60 requests/min refills 1 request/s; 600 tokens/min refills 10 tokens/s: exact in floats.
 LIMITS = RateLimits(requests_per_minute=60, tokens_per_minute=600)
@@ -317,27 +318,8 @@ TestLimiterMachine = LimiterMachine.TestCase
 TestLimiterMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 
 
-class _CountingBackend:
-    """A backend the limiter only knows through the protocol (as a Redis one would be)."""
-
-    def __init__(self) -> None:
-        self.inner = MemoryRateLimitBackend()
-        self.acquired = 0
-
-    async def acquire(
-        self, key: str, buckets: Sequence[BucketSpec], now: float
-    ) -> Sequence[BucketState]:
-        self.acquired += 1
-        return await self.inner.acquire(key, buckets, now)
-
-    async def debit(
-        self, key: str, buckets: Sequence[BucketSpec], now: float
-    ) -> Sequence[BucketState]:
-        return await self.inner.debit(key, buckets, now)
-
-
 async def test_another_backend_is_awaited_and_decides_like_memory(clock: FakeClock) -> None:
-    backend = _CountingBackend()
+    backend = CountingBackend()
     other = RateLimiter(backend, clock=clock)
     memory = RateLimiter(clock=clock)
     limits = RateLimits(requests_per_minute=2, tokens_per_minute=100)

@@ -8,7 +8,6 @@ exactly as a client sees them.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,9 +19,6 @@ from starlette.testclient import TestClient
 from hfserve.core.clock import FakeClock
 from hfserve.core.keystore import KeyStore
 from hfserve.core.rate_limiter import (
-    BucketSpec,
-    BucketState,
-    MemoryRateLimitBackend,
     RateLimiter,
     RateLimits,
 )
@@ -30,6 +26,7 @@ from hfserve.server import state as state_module
 from hfserve.server.app import create_app
 from hfserve.server.middleware import _reset_bytes, _scan_headers, format_reset
 from hfserve.settings import Settings
+from tests.fixtures.rate_limits import CountingBackend
 
 
 @pytest.fixture
@@ -171,27 +168,8 @@ def test_limits_are_shared_per_shape_and_the_cache_is_bounded(
     assert len(server._limits) == 1
 
 
-class _SharedLikeBackend:
-    """A backend known only through the protocol (as Redis is): the middleware awaits it."""
-
-    def __init__(self) -> None:
-        self.inner = MemoryRateLimitBackend()
-        self.calls = 0
-
-    async def acquire(
-        self, key: str, buckets: Sequence[BucketSpec], now: float
-    ) -> Sequence[BucketState]:
-        self.calls += 1
-        return await self.inner.acquire(key, buckets, now)
-
-    async def debit(
-        self, key: str, buckets: Sequence[BucketSpec], now: float
-    ) -> Sequence[BucketState]:
-        return await self.inner.debit(key, buckets, now)
-
-
 def test_a_shared_rate_limiter_is_awaited_with_the_same_outcome(keys_file: Path) -> None:
-    backend = _SharedLikeBackend()
+    backend = CountingBackend()
     settings = Settings.load(None, models=[], device="cpu", keys_file=keys_file)
     app = create_app(settings, rate_limiter=RateLimiter(backend))
     _, key = KeyStore(keys_file).create("shared", rpm=2)
@@ -201,4 +179,4 @@ def test_a_shared_rate_limiter_is_awaited_with_the_same_outcome(keys_file: Path)
     assert [r.status_code for r in responses] == [200, 200, 429]
     assert responses[0].headers["x-ratelimit-remaining-requests"] == "1"
     assert responses[2].headers["retry-after"]
-    assert backend.calls == 3
+    assert backend.acquired == 3
