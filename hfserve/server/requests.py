@@ -164,6 +164,25 @@ def dumps_json(payload: Any) -> bytes:
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+# Code points JSON leaves raw but line readers split on (``str.splitlines``, and httpx's
+# ``aiter_lines`` that follows it): a random or multilingual model can emit them, and a server-sent
+# event's data must stay on one line for such clients. Their UTF-8 bytes occur nowhere else.
+_LINE_BREAKS = (
+    (b"\xc2\x85", b"\\u0085"),
+    (b"\xe2\x80\xa8", b"\\u2028"),
+    (b"\xe2\x80\xa9", b"\\u2029"),
+)
+
+
+def sse_event(payload: Any) -> bytes:
+    """One server-sent event carrying ``payload`` as JSON on a single line."""
+    body = dumps_json(payload)
+    for raw, escaped in _LINE_BREAKS:
+        if raw in body:
+            body = body.replace(raw, escaped)
+    return b"data: " + body + b"\n\n"
+
+
 async def cached_json(
     state: ServerState,
     model: str,

@@ -30,12 +30,12 @@ from hfserve.server.openai_fields import IGNORED_FIELDS
 from hfserve.server.requests import (
     cached_json,
     charge_tokens,
-    dumps_json,
     load_model,
     now_ts,
     read_json,
     run_until_disconnect,
     server_state,
+    sse_event,
 )
 from hfserve.server.routes.logprobs import chat_logprobs, completion_logprobs
 from hfserve.server.schemas import ChatCompletionRequest, CompletionRequest, _Sampling, parse_body
@@ -476,7 +476,7 @@ async def _sse(request: Request, state: ServerState, job: _Job) -> AsyncIterator
         }
         if include_usage:
             payload["usage"] = usage
-        return b"data: " + dumps_json(payload) + b"\n\n"
+        return sse_event(payload)
 
     def encode_logprobs(index: int, items: list[TokenLogprob] | None) -> dict[str, Any] | None:
         if items is None:
