@@ -25,7 +25,7 @@ from hfserve.runtime.loader import ModelLoader, runtime_options_from
 from hfserve.server.endpoints import ENDPOINTS, Endpoint
 from hfserve.server.errors import error_body, error_response, unhandled_error_response
 from hfserve.server.metrics import Metrics
-from hfserve.server.middleware import ServingMiddleware
+from hfserve.server.middleware import ExceptionHandlers, ServingMiddleware
 from hfserve.server.openapi import build_openapi
 from hfserve.server.requests import ClientDisconnectedError, json_response
 from hfserve.server.shared_state import SharedState
@@ -108,17 +108,21 @@ def create_app(
                 expose_headers=["x-request-id", "retry-after", "x-cache"],
             )
         )
-    middleware.append(Middleware(ServingMiddleware, state=state, endpoints=endpoints))
+    # The client's errors; ServingMiddleware answers them itself on the routes it dispatches.
+    handlers: ExceptionHandlers = {
+        HfServeError: _hfserve_error,
+        HTTPException: _http_error,
+        ClientDisconnectedError: _client_gone,
+    }
+    middleware.append(
+        Middleware(ServingMiddleware, state=state, endpoints=endpoints, exception_handlers=handlers)
+    )
     app = Starlette(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={
-            HfServeError: _hfserve_error,
-            HTTPException: _http_error,
-            ClientDisconnectedError: _client_gone,
-            Exception: unhandled_error_response,
-        },
+        # Exception: a bug, answered by Starlette's outermost ServerErrorMiddleware.
+        exception_handlers={**handlers, Exception: unhandled_error_response},
     )
     app.state.hfserve = state
     app.state.openapi = build_openapi(

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.testclient import TestClient
 
 from hfserve.core.keystore import KeyStore
+from hfserve.errors import InvalidRequestError
 from hfserve.server.app import create_app
 from hfserve.server.endpoints import ENDPOINTS, OTHER_LABEL, Endpoint, EndpointIndex, OpenApi
 from hfserve.settings import Settings
@@ -76,3 +80,69 @@ def test_metric_labels_have_bounded_cardinality() -> None:
     assert index.label("/v1/models") == "/v1/models"
     assert index.label("/nope/../etc") == OTHER_LABEL
     assert index.find("/nope") is None
+
+
+async def _bug(request: Request) -> Response:
+    raise RuntimeError("a bug, with a secret in its message")
+
+
+async def _refuse(request: Request) -> Response:
+    raise InvalidRequestError("'text' is required", param="text")
+
+
+async def _late_failure(request: Request) -> Response:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"first chunk"
+        raise InvalidRequestError("too late to refuse")
+
+    return StreamingResponse(chunks(), media_type="text/plain")
+
+
+def _app_with(tmp_path: Path, *extra: Endpoint) -> Starlette:
+    # No key file: auth is off, so the routes themselves are what the requests reach.
+    settings = Settings.load(None, models=[], keys_file=tmp_path / "keys.json", device="cpu")
+    return create_app(settings, endpoints=(*ENDPOINTS, *extra))
+
+
+def test_directly_dispatched_routes_answer_errors_as_the_router_would(tmp_path: Path) -> None:
+    # Exact paths skip Starlette's exception middleware and router; what a client sees on
+    # an error must not change: the client's mistake a 4xx naming the field, a bug a 500
+    # without its message, both with the request id, and both counted by their status.
+    app = _app_with(
+        tmp_path,
+        Endpoint("/v1/bug", "POST", _bug, None),
+        Endpoint("/v1/refuse", "POST", _refuse, None),
+    )
+    with TestClient(app, raise_server_exceptions=False) as client:
+        refused = client.post("/v1/refuse", headers={"x-request-id": "req-1"})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "text"
+        assert refused.headers["x-request-id"] == "req-1"
+        bug = client.post("/v1/bug", headers={"x-request-id": "req-2"})
+        assert bug.status_code == 500
+        assert bug.json()["error"]["code"] == "internal_error"
+        assert "secret" not in bug.text
+        assert "req-2" in bug.json()["error"]["message"]
+        # Methods other than the table's still go through the router: HEAD is GET's, and
+        # another method is a 405, not a 404.
+        head = client.head("/v1/models")
+        assert head.status_code == 200
+        assert head.content == b""
+        wrong = client.put("/v1/refuse")
+        assert wrong.status_code == 405
+        assert wrong.json()["error"]["code"] == "method_not_allowed"
+        scrape = client.get("/metrics").text
+    assert 'route="/v1/refuse",status="400"' in scrape
+    assert 'route="/v1/bug",status="500"' in scrape
+
+
+def test_an_error_after_the_response_started_is_not_answered_twice(tmp_path: Path) -> None:
+    # The status line has gone out: the error cannot become a 400 any more. As with
+    # Starlette's router, the exception propagates and the response is cut short.
+    app = _app_with(tmp_path, Endpoint("/v1/late", "GET", _late_failure, None))
+    with TestClient(app) as client, pytest.raises(RuntimeError, match="already started"):
+        client.get("/v1/late")
+    with TestClient(app, raise_server_exceptions=False) as client:
+        client.get("/v1/late")
+        scrape = client.get("/metrics").text
+    assert 'route="/v1/late",status="200"' in scrape
