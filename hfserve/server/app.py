@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -27,7 +26,7 @@ from hfserve.server.errors import error_body, error_response, unhandled_error_re
 from hfserve.server.metrics import Metrics
 from hfserve.server.middleware import ExceptionHandlers, ServingMiddleware
 from hfserve.server.openapi import build_openapi
-from hfserve.server.requests import ClientDisconnectedError, json_response
+from hfserve.server.requests import ClientDisconnectedError, json_response, server_state
 from hfserve.server.shared_state import SharedState
 from hfserve.server.state import ServerState
 from hfserve.settings import Settings
@@ -172,7 +171,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
-    state: Any = request.app.state.hfserve
+    state = server_state(request)
     state.metrics.client_disconnects.inc()
     # Nobody reads this; 499 (nginx's "client closed request") keeps logs and metrics honest.
     return Response(status_code=499)

@@ -24,6 +24,7 @@ from hfserve.core.rate_limiter import RateDecision, RateLimits
 from hfserve.errors import AuthError, HfServeError, PayloadTooLargeError, RateLimitedError
 from hfserve.server.endpoints import ENDPOINTS, Endpoint, EndpointIndex, Handler
 from hfserve.server.errors import error_response
+from hfserve.server.requests import STATE_SCOPE_KEY
 from hfserve.server.state import ServerState
 
 __all__ = ["ExceptionHandlers", "ServingMiddleware", "format_reset"]
@@ -100,6 +101,7 @@ class ServingMiddleware:
             return
         server = self.state
         ctx = _state(scope)
+        scope[STATE_SCOPE_KEY] = server
         incoming, length, presented = _scan_headers(scope["headers"])
         if incoming and _REQUEST_ID.match(incoming):
             request_id = incoming

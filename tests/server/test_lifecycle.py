@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from hfserve.server.app import _client_gone
 from hfserve.server.lifecycle import DrainingServer
 from hfserve.server.metrics import Metrics
-from hfserve.server.requests import ClientDisconnectedError, run_until_disconnect
+from hfserve.server.requests import STATE_SCOPE_KEY, ClientDisconnectedError, run_until_disconnect
 
 
 class _State:
@@ -69,9 +69,8 @@ def test_second_signal_forces_exit() -> None:
 class _Request:
     def __init__(self, messages: list[dict[str, Any]]) -> None:
         self._messages = messages
-        self.app = SimpleNamespace(
-            state=SimpleNamespace(hfserve=SimpleNamespace(metrics=Metrics()))
-        )
+        self.metrics = Metrics()
+        self.scope = {STATE_SCOPE_KEY: SimpleNamespace(metrics=self.metrics)}
 
     async def receive(self) -> dict[str, Any]:
         if self._messages:
@@ -110,5 +109,5 @@ async def test_client_gone_answers_499_and_counts_it() -> None:
     request = _Request([])
     response = await _client_gone(request, ClientDisconnectedError())  # type: ignore[arg-type]
     assert response.status_code == 499
-    metrics = request.app.state.hfserve.metrics.render().decode()
+    metrics = request.metrics.render().decode()
     assert "hfserve_client_disconnects_total 1.0" in metrics
