@@ -38,10 +38,6 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _ids = random.Random()
 
 
-def _state(scope: Scope) -> dict[str, Any]:
-    return scope.setdefault("state", {})  # type: ignore[no-any-return]
-
-
 class ServingMiddleware:
     """Everything hfserve does around a route, as one ASGI layer.
 
@@ -100,7 +96,7 @@ class ServingMiddleware:
             await self.app(scope, receive, send)
             return
         server = self.state
-        ctx = _state(scope)
+        ctx: dict[str, Any] = scope.setdefault("state", {})  # what Request.state reads
         scope[STATE_SCOPE_KEY] = server
         incoming, length, presented = _scan_headers(scope["headers"])
         if incoming and _REQUEST_ID.match(incoming):

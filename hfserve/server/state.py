@@ -15,6 +15,8 @@ from hfserve.server.metrics import BREAKER_STATE_VALUES, Metrics
 from hfserve.settings import Settings
 
 if TYPE_CHECKING:
+    from starlette.responses import Response
+
     from hfserve.core.keystore import ApiKey, KeyStore
     from hfserve.runtime.loader import ModelLoader
     from hfserve.server.shared_state import ReadyReport
@@ -41,8 +43,8 @@ class ServerState:
     preload_error: str | None = None
     in_flight: int = 0
     started_at: int = 0
-    # The encoded ``/v1/models`` body and the state it was built from (see routes/ops.py).
-    models_listing: tuple[object, bytes] | None = None
+    # The ``/v1/models`` response and the state it was built from (see routes/ops.py).
+    models_listing: tuple[object, Response] | None = None
     # Extra readiness dependencies (Redis): details for /ready and whether they block it.
     extra_ready_checks: Callable[[], Awaitable[ReadyReport]] | None = None
     # Whether keys turned auth on when last looked at (None: not yet), to log when it flips.

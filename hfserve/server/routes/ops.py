@@ -68,14 +68,15 @@ async def list_models(request: Request) -> Response:
     loader.rescan()
     states = loader.states()
     # Clients poll this route (health checks, SDK start-up), and its body only changes when a
-    # model is added, loads or is evicted: keep the encoded body until one of those happens.
+    # model is added, loads or is evicted: keep the response until one of those happens. A
+    # Response is only read when sent, so one object serves every request meanwhile.
     fingerprint = (state.started_at, states)
     cached = state.models_listing
     if cached is None or cached[0] != fingerprint:
         data = [_model_card(state, alias, model_state) for alias, model_state in states]
-        cached = (fingerprint, dumps_json({"object": "list", "data": data}))
+        cached = (fingerprint, encoded_json_response(dumps_json({"object": "list", "data": data})))
         state.models_listing = cached
-    return encoded_json_response(cached[1])
+    return cached[1]
 
 
 async def get_model(request: Request) -> Response:
