@@ -71,7 +71,10 @@ class MicroBatcher(Generic[I, R]):
         clock: time source for queue waits, run times and the linger deadline.
         name: reported to the observer and used in error messages (e.g. the model id).
         observer: receives one report per batch.
-        executor: where ``batch_fn`` runs; ``asyncio.to_thread`` when omitted.
+        executor: where ``batch_fn`` runs. When omitted, a thread of this batcher's own,
+            started with the worker and stopped with it: batches run one at a time, and a
+            model that stays on one thread keeps its OpenMP team and its caches warm, where
+            the loop's shared executor would hand consecutive batches to different threads.
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class MicroBatcher(Generic[I, R]):
         self._name = name
         self._observer = observer
         self._executor = executor
+        self._own_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._queue: deque[_Entry[I, R]] = deque()
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -131,6 +135,10 @@ class MicroBatcher(Generic[I, R]):
         if self._closing:
             raise ShuttingDownError(f"batcher {self._name!r} is closed and cannot be restarted")
         if self._worker is None:
+            if self._executor is None:
+                self._own_executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix=f"hfserve-batch-{self._name}"
+                )
             self._worker = asyncio.create_task(self._run(), name=f"hfserve-batcher-{self._name}")
 
     async def aclose(self, *, grace: float | None = None) -> None:
@@ -323,6 +331,9 @@ class MicroBatcher(Generic[I, R]):
             # Nothing will serve the queue once the worker stops, whatever the reason.
             self._closing = True
             self._fail_queued()
+            if self._own_executor is not None:
+                # A batch abandoned after the grace period finishes in the background.
+                self._own_executor.shutdown(wait=False)
 
     async def _await_work(self, *, after_batch: bool) -> bool:
         """Wait until a batch should start; False when the worker should stop instead."""
@@ -344,11 +355,9 @@ class MicroBatcher(Generic[I, R]):
         waits = [started - entry.enqueued_at for entry in batch]
         items = [entry.item for entry in batch]
         try:
-            if self._executor is None:
-                raw = await asyncio.to_thread(self._batch_fn, items)
-            else:
-                loop = asyncio.get_running_loop()
-                raw = await loop.run_in_executor(self._executor, self._batch_fn, items)
+            executor = self._executor or self._own_executor
+            loop = asyncio.get_running_loop()
+            raw = await loop.run_in_executor(executor, self._batch_fn, items)
             results: list[R | BaseException] = list(raw)
         except Exception as exc:  # batch_fn's own failure belongs to every caller of the batch
             self._record(started, batch, waits)

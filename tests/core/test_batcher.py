@@ -100,6 +100,26 @@ async def test_batch_fn_runs_off_the_event_loop_thread() -> None:
         assert await task == 10
 
 
+async def test_every_batch_runs_on_one_thread_of_its_own_until_closed() -> None:
+    # A model kept on one thread keeps its OpenMP team and caches warm; the loop's shared
+    # executor would hand consecutive batches to whichever of its threads is idle.
+    threads: list[threading.Thread] = []
+
+    def batch_fn(items: Sequence[int]) -> list[int]:
+        threads.append(threading.current_thread())
+        return list(items)
+
+    busy = [asyncio.create_task(asyncio.to_thread(threading.Event().wait, 0.05)) for _ in range(4)]
+    async with MicroBatcher(batch_fn, name="m1", max_wait_ms=0) as batcher:
+        for n in range(6):
+            assert await batcher.submit(n) == n
+    await asyncio.gather(*busy)
+    assert len(set(threads)) == 1
+    assert threads[0].name.startswith("hfserve-batch-m1")
+    threads[0].join(timeout=5)  # closing the batcher stops its thread
+    assert not threads[0].is_alive()
+
+
 async def test_custom_executor_runs_the_batches() -> None:
     names: list[str] = []
 
