@@ -286,14 +286,20 @@ def test_unknown_fields_are_ignored(client: TestClient) -> None:
 
 
 def test_wrong_endpoint_for_model(client: TestClient) -> None:
-    assert_error(
-        client.post("/v1/chat/completions", json=CHAT | {"model": "tiny-bert"}), 400, param="model"
-    )
-    assert_error(
-        client.post("/v1/embeddings", json={"model": "tiny-llama", "input": "x"}),
-        400,
-        param="model",
-    )
+    # Twice: the second answer comes from the per-class cache of the protocol check.
+    for _ in range(2):
+        assert_error(
+            client.post("/v1/chat/completions", json=CHAT | {"model": "tiny-bert"}),
+            400,
+            param="model",
+        )
+        assert_error(
+            client.post("/v1/embeddings", json={"model": "tiny-llama", "input": "x"}),
+            400,
+            param="model",
+        )
+        ok = client.post("/v1/embeddings", json={"model": "tiny-bert", "input": "x"})
+        assert ok.status_code == 200
 
 
 def test_unknown_model_is_404(client: TestClient) -> None:
