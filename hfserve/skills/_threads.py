@@ -7,8 +7,8 @@ small forward - one decode step of a few requests, one short sentence - that wak
 than the second thread saves. Measured on 2 vCPUs, same process, alternating rounds
 (docs/benchmarks.md, "CPU threads"): a 31M Llama decoding 4 requests at a time made 127 tok/s on
 one thread against 89 on two, one request 48 against 46; MiniLM encoding one sentence 63
-sentences/s against 49. Batches of 16 decode rows were level, and prefill chunks and batches of
-32 sentences were faster on two threads.
+sentences/s against 49. Batches of 16 decode rows and of 32 sentences, and prefill chunks, were
+faster on two threads.
 
 So :func:`pace_forward_threads` hooks the model's forward: a forward whose work is at most
 :data:`SMALL_FORWARD_WORK` (tokens x hidden size squared, the shape of every projection in a
@@ -26,8 +26,10 @@ from typing import Any
 
 __all__ = ["SMALL_FORWARD_WORK", "configured_threads", "pace_forward_threads"]
 
-# 16 tokens at hidden size 512: the largest decode step measured no slower on one thread.
-SMALL_FORWARD_WORK = 16 * 512 * 512
+# 12 tokens at hidden size 512 (21 at MiniLM's 384): a decode step of up to 12 requests, one
+# sentence. At 4 rows one thread wins by 40%, at 16 two threads win by 7-8% (generate in
+# process 325 vs 300 tok/s; chat through the server at c=16 249.5 vs 232.0, 2026-12-02).
+SMALL_FORWARD_WORK = 12 * 512 * 512
 
 
 @functools.cache

@@ -57,14 +57,14 @@ def _on_a_thread(fn: Callable[[], None]) -> None:
 
 @pytest.mark.usefixtures("three_threads")
 def test_forwards_up_to_the_small_budget_run_on_one_thread() -> None:
-    probe = _Probe(hidden=512)  # 16 tokens at hidden size 512 is the budget
+    probe = _Probe(hidden=512)  # 12 tokens at hidden size 512 is the budget
     assert pace_forward_threads(probe) is not None
 
     def forwards() -> None:
+        probe(input_ids=torch.zeros(1, 12, dtype=torch.long))  # a 12-row decode step
+        probe(input_ids=torch.zeros(1, 13, dtype=torch.long))  # one token more
+        probe(torch.zeros(2, 6, dtype=torch.long))  # positional ids, padded batch of 12
         probe(input_ids=torch.zeros(1, 16, dtype=torch.long))  # a 16-row decode step
-        probe(input_ids=torch.zeros(1, 17, dtype=torch.long))  # one token more
-        probe(torch.zeros(2, 8, dtype=torch.long))  # positional ids, padded batch of 16
-        probe(input_ids=torch.zeros(1, 400, dtype=torch.long))  # a prefill chunk
         probe(inputs_embeds=torch.zeros(1, 4, 512))  # embeddings count their tokens too
         probe(pixel_values=torch.zeros(1, 3, 8, 8))  # no token count: the configured count
 
@@ -74,11 +74,11 @@ def test_forwards_up_to_the_small_budget_run_on_one_thread() -> None:
 
 @pytest.mark.usefixtures("three_threads")
 def test_a_wider_model_has_a_smaller_budget() -> None:
-    probe = _Probe(hidden=1024)  # a quarter of the tokens: 4
+    probe = _Probe(hidden=1024)  # a quarter of the tokens: 3
     pace_forward_threads(probe)
 
     def forwards() -> None:
-        for n in (4, 5, 1):
+        for n in (3, 4, 1):
             probe(input_ids=torch.zeros(1, n, dtype=torch.long))
 
     _on_a_thread(forwards)
