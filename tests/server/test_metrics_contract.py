@@ -29,7 +29,13 @@ def _live_series(client: TestClient) -> set[str]:
 
 def _exercise(client: TestClient, key: str) -> None:
     headers = {"Authorization": f"Bearer {key}"}
-    chat = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    # Enough tokens for several stream chunks: inter-token latency needs two of them, and on a
+    # loaded machine the engine can hand a short answer over in a single chunk.
+    chat = {
+        "model": "tiny-llama",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 24,
+    }
     client.post(
         "/v1/chat/completions", json=chat | {"stream": True, "ignore_eos": True}, headers=headers
     )
