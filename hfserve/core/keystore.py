@@ -176,7 +176,7 @@ class KeyStore:
             ConfigError: the keys file is corrupt.
         """
         now = self._maybe_reload()
-        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()  # hash_key, inlined: per request
+        digest = hash_key(key)
         # No lock for the lookup: _install swaps in a whole new dict, never edits one in place.
         record = self._by_hash.get(digest)
         # The dict lookup is keyed by a hash, not the secret; the final equality check is
@@ -184,14 +184,14 @@ class KeyStore:
         expected = record.key_hash if record is not None else _NO_MATCH
         if not hmac.compare_digest(expected, digest) or record is None:
             raise AuthError("invalid API key")
-        revoked_ids = self._revoked_ids
-        if record.revoked_at is not None or (
-            revoked_ids is not None and record.id in revoked_ids()
-        ):
+        if record.revoked_at is not None or self._externally_revoked(record.id):
             raise AuthError(f"API key {record.id} has been revoked")
         if record.expires_at is not None and now >= record.expires_at:
             raise AuthError(f"API key {record.id} has expired")
         return record
+
+    def _externally_revoked(self, key_id: str) -> bool:
+        return self._revoked_ids is not None and key_id in self._revoked_ids()
 
     def has_keys(self) -> bool:
         """Whether the store holds any key at all, active or not.
