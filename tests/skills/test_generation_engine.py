@@ -360,9 +360,10 @@ async def test_concurrent_requests_share_decode_steps(tiny_models: TinyModels) -
     finally:
         await engine.aclose()
     assert [len(tokens) for tokens, _ in results] == [n] * 4
-    # One prefill step yields each request's first token; a request that arrived a step late
-    # adds one more. Anything near 4 * n means the requests are not sharing steps.
-    assert n <= steps <= n + 2
+    # One prefill step yields each request's first token. The scheduler thread may pick up the
+    # requests a step or two apart while the event loop is still submitting them (CI saw n + 4
+    # under load), so allow a few late arrivals; one request at a time would take ~4 * n steps.
+    assert n <= steps <= n + 8 < 2 * n
     assert engine.stats.sampled_rows - rows_before == 4 * n
 
 
