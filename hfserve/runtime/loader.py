@@ -169,6 +169,10 @@ class ModelLoader:
         self._tasks: dict[str, str | None] = {}
         # Models the cache let go of, waiting for ``aclose`` (the cache's callback is sync).
         self._retired: list[tuple[str, LoadedModel, str]] = []
+        # Requests using each model (by id: a model need not be hashable), and evicted models
+        # whose close waits for the last of them (see ``hold``).
+        self._holds: dict[int, int] = {}
+        self._held_retired: dict[int, tuple[str, LoadedModel, str]] = {}
         self._closed = False
 
     # --- names -----------------------------------------------------------------------------
@@ -389,8 +393,47 @@ class ModelLoader:
             if spec.pinned:
                 await self.get(alias)
 
+    def hold(self, model: LoadedModel) -> Callable[[], None]:
+        """Mark ``model`` in use by one request until the returned ``release`` is called.
+
+        The cache may still evict a held model (LRU, byte budget, idle TTL, ``evict``): it
+        leaves the cache at once, so new requests load it afresh, but it is closed, and its
+        memory given back, only after the last request holding it has released it. Without
+        this a stream could fail halfway because another model's load pushed its model out.
+        ``release`` is idempotent and must be called on the event loop.
+        """
+        key = id(model)
+        self._holds[key] = self._holds.get(key, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            left = self._holds[key] - 1
+            if left:
+                self._holds[key] = left
+                return
+            del self._holds[key]
+            retired = self._held_retired.pop(key, None)
+            if retired is not None:
+                self._retired.append(retired)
+                closer = asyncio.get_running_loop().create_task(self._close_retired())
+                self._closers.add(closer)
+                closer.add_done_callback(self._closers.discard)
+
+        return release
+
+    def holds(self, model: LoadedModel) -> int:
+        """How many requests hold ``model`` now (see :meth:`hold`)."""
+        return self._holds.get(id(model), 0)
+
     async def evict(self, name: str) -> bool:
-        """Unload a model (pinned or not) and free its memory; whether it was loaded."""
+        """Unload a model (pinned or not) and free its memory; whether it was loaded.
+
+        A model that requests still hold is closed when the last of them releases it.
+        """
         alias = self.resolve_name(name).alias
         evicted = self._cache.evict(alias)
         await self._close_retired()
@@ -420,6 +463,9 @@ class ModelLoader:
             task.cancel()
         await asyncio.gather(*loads, return_exceptions=True)
         self._cache.clear()
+        # Shutting down: models still held are closed now (the server drained before this).
+        self._retired += self._held_retired.values()
+        self._held_retired.clear()
         await self._close_retired()
         # Late models that already arrived are being closed; threads still loading are
         # daemons whose result is closed (or dropped with the loop): shutdown does not wait.
@@ -567,6 +613,16 @@ class ModelLoader:
             return
         while self._retired:
             alias, model, reason = self._retired.pop(0)
+            if id(model) in self._holds and not self._closed:
+                logger.info(
+                    "model %s left the cache (%s); it is unloaded once its %d request(s) in "
+                    "flight finish",
+                    alias,
+                    reason,
+                    self._holds[id(model)],
+                )
+                self._held_retired[id(model)] = (alias, model, reason)
+                continue
             try:
                 await model.aclose()
             except Exception:

@@ -3,8 +3,9 @@
 It handles, in order: request id, in-flight accounting, drain refusal, body size limit, auth,
 rate limit; then the route (dispatched here for the table's exact paths, through Starlette's
 router otherwise); then metrics and the access log. It stores what routes need in
-``scope["state"]`` (``request_id``, ``api_key``, ``rate_subject``, ``rate_limits``) and
-reads back ``model`` for the metrics labels. CORS, when enabled, wraps it (see app.py).
+``scope["state"]`` (``request_id``, ``api_key``, ``rate_subject``, ``rate_limits``), reads
+back ``model`` for the metrics labels, and releases the models the request held once its
+response is done (see ``load_model``). CORS, when enabled, wraps it (see app.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from hfserve.core.rate_limiter import RateDecision, RateLimits
 from hfserve.errors import AuthError, HfServeError, PayloadTooLargeError, RateLimitedError
 from hfserve.server.endpoints import ENDPOINTS, Endpoint, EndpointIndex, Handler
 from hfserve.server.errors import error_response
-from hfserve.server.requests import STATE_SCOPE_KEY
+from hfserve.server.requests import RELEASES_KEY, STATE_SCOPE_KEY
 from hfserve.server.state import ServerState
 
 __all__ = ["ExceptionHandlers", "ServingMiddleware", "format_reset"]
@@ -145,6 +146,10 @@ class ServingMiddleware:
                 await response(scope, limited, send_with_headers)
         finally:
             server.request_finished()
+            releases = ctx.get(RELEASES_KEY)
+            if releases is not None:
+                for release in releases:
+                    release()
             elapsed = time.perf_counter() - started
             status = status or 500
             model = ctx.get("model", "")

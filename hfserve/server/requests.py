@@ -17,6 +17,7 @@ from hfserve.errors import InvalidRequestError
 from hfserve.server.state import ServerState
 
 __all__ = [
+    "RELEASES_KEY",
     "STATE_SCOPE_KEY",
     "ClientDisconnectedError",
     "cached_json",
@@ -37,6 +38,9 @@ _MAX_DEPTH = 64
 
 # The scope key under which ServingMiddleware hands routes the ServerState.
 STATE_SCOPE_KEY = "hfserve.state"
+# The ``scope["state"]`` key of the releases of the models a request holds (see load_model);
+# ServingMiddleware calls them once the response is done.
+RELEASES_KEY = "model_releases"
 
 
 class ClientDisconnectedError(Exception):
@@ -109,8 +113,12 @@ async def load_model(
     Raises:
         ModelNotFoundError: unknown model. InvalidRequestError: it does not serve ``endpoint``.
     """
-    request.scope.setdefault("state", {})["model"] = state.loader.resolve_name(name).alias
+    ctx = request.scope.setdefault("state", {})
+    ctx["model"] = state.loader.resolve_name(name).alias
     model = await state.loader.get(name)
+    # Held until the response has been sent (ServingMiddleware releases it): an eviction in
+    # the meantime closes the model only after this request, stream included, is done.
+    ctx.setdefault(RELEASES_KEY, []).append(state.loader.hold(model))
     if not _serves(model, protocol):
         raise InvalidRequestError(
             f"model {name!r} ({model.info.task}) does not serve {endpoint}; "

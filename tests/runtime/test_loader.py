@@ -272,6 +272,53 @@ async def test_idle_models_are_unloaded_but_pinned_ones_stay(tmp_path: Path) -> 
     assert u.closed and loader.loaded() == ["p"]
 
 
+async def test_a_held_model_is_closed_after_its_last_request(tmp_path: Path) -> None:
+    # A stream must not fail halfway because another model's load pushed its model out.
+    skill = FakeSkill()
+    clock = FakeClock()
+    loader, rec = _loader(skill, clock, models=[], cache_memory=100, model_idle_ttl=60)
+    for spec in _unpinned([_model(tmp_path, n, 60) for n in ("x", "y")]):
+        loader.add_model(spec)
+    x = await loader.get("x")
+    first, second = loader.hold(x), loader.hold(x)
+    assert loader.holds(x) == 2
+    y = await loader.get("y")  # 60 + 60 > 100: x leaves the cache but is in use
+    assert loader.loaded() == ["y"] and not x.closed
+    assert ("evict", "x:bytes") not in rec.events
+    first()
+    first()  # a second call of the same release changes nothing
+    await asyncio.sleep(0)
+    assert not x.closed and loader.holds(x) == 1
+    second()
+    assert loader.holds(x) == 0
+    await asyncio.gather(*loader._closers)
+    assert x.closed and rec.events[-1] == ("evict", "x:bytes")
+    # A model released before it is evicted closes at once; idle eviction defers the same way.
+    loader.hold(y)()
+    assert await loader.evict("y") and y.closed
+    z = await loader.get("x")
+    release = loader.hold(z)
+    clock.advance(61)
+    assert await loader.evict_idle() == ["x"]
+    assert not z.closed
+    release()
+    await asyncio.gather(*loader._closers)
+    assert z.closed
+
+
+async def test_aclose_closes_held_models_too(tmp_path: Path) -> None:
+    skill = FakeSkill()
+    loader, _ = _loader(skill, models=[])
+    loader.add_model(_unpinned([_model(tmp_path, "x", 10)])[0])
+    x = await loader.get("x")
+    release = loader.hold(x)
+    assert await loader.evict("x") and not x.closed
+    await loader.aclose()  # shutdown: the server drained first; nothing waits any longer
+    assert x.closed
+    release()  # late releases of a closed loader are harmless
+    assert loader.holds(x) == 0
+
+
 async def test_aclose_unloads_everything_and_refuses_new_work(tmp_path: Path) -> None:
     skill = FakeSkill()
     loader, _ = _loader(skill, models=[_model(tmp_path, "m", 10), _model(tmp_path, "n", 10)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from hfserve.core.keystore import KeyStore
 from hfserve.errors import InvalidRequestError
 from hfserve.server.app import create_app
 from hfserve.server.endpoints import ENDPOINTS, OTHER_LABEL, Endpoint, EndpointIndex, OpenApi
+from hfserve.server.requests import load_model, server_state
 from hfserve.settings import Settings
+from hfserve.skills.base import GenerationModel, GenerationRequest
 from tests.fixtures.tiny_models import TinyModels
 from tests.server.conftest import wait_ready
 
@@ -146,3 +149,46 @@ def test_an_error_after_the_response_started_is_not_answered_twice(tmp_path: Pat
         client.get("/v1/late")
         scrape = client.get("/metrics").text
     assert 'route="/v1/late",status="200"' in scrape
+
+
+async def _evict_mid_stream(request: Request) -> Response:
+    # What a second model's load does to a streaming chat: its model leaves the cache between
+    # two chunks. The stream must still end normally, and the model close only afterwards.
+    state = server_state(request)
+    model = await load_model(state, request, "tiny-llama", GenerationModel, "/v1/test")  # type: ignore[type-abstract]
+    prompt = model.encode("the stream goes on")
+    chunks = model.generate(GenerationRequest(prompt, max_new_tokens=40, ignore_eos=True))
+
+    async def body() -> AsyncIterator[bytes]:
+        last = None
+        async for chunk in chunks:
+            if last is None:
+                assert await state.loader.evict("tiny-llama")
+                yield f"evicted {state.loader.loaded()} holds {state.loader.holds(model)}\n".encode()
+            last = chunk
+        assert last is not None
+        yield f"{last.completion_tokens} {last.finish_reason}\n".encode()
+
+    return StreamingResponse(body(), media_type="text/plain")
+
+
+def test_a_model_evicted_mid_stream_finishes_the_stream(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    route = Endpoint("/v1/test", "POST", _evict_mid_stream, OpenApi("test", "Test."))
+    settings = Settings.load(
+        None, models=[str(tiny_models.llama)], keys_file=tmp_path / "keys.json", device="cpu"
+    )
+    app = create_app(settings, endpoints=(*ENDPOINTS, route))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        wait_ready(client)
+        loader = app.state.hfserve.loader
+        model = client.portal.call(loader.get, "tiny-llama")
+        answer = client.post("/v1/test")
+        assert answer.status_code == 200, answer.text
+        # Out of the cache during the stream, held by this one request, finished all the same.
+        assert answer.text.splitlines() == ["evicted [] holds 1", "40 length"]
+        assert loader.holds(model) == 0
+        # Closed once the response was done: a closed engine refuses new work.
+        client.portal.call(asyncio.gather, *loader._closers)
+        assert not model.engine.running
