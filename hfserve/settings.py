@@ -233,8 +233,9 @@ class Settings(BaseSettings):
         description="Threads torch uses for CPU inference (OMP/MKL_NUM_THREADS, set before "
         "torch loads), per worker. 0 (auto): OMP_NUM_THREADS when set, else the usable CPUs "
         "(affinity capped by the cgroup CPU quota, so a container's limit counts) shared out "
-        "among the workers. hfserve also sets OMP_WAIT_POLICY=PASSIVE unless set: spinning "
-        "OpenMP threads take the CPU from the event loop (docs/operations.md, CPU threads).",
+        "among the workers. hfserve also sets OMP_WAIT_POLICY=PASSIVE (with GOMP_SPINCOUNT=10000, "
+        "a short spin before sleeping) unless OMP_WAIT_POLICY is set: spinning OpenMP threads "
+        "take the CPU from the event loop (docs/operations.md, CPU threads).",
     )
 
     # --- response cache ---------------------------------------------------------------------

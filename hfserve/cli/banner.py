@@ -43,7 +43,11 @@ def _threads_rows(choice: DeviceChoice) -> list[Row]:
         return []
     threads = os.environ.get("OMP_NUM_THREADS") or "torch's default"
     policy = os.environ.get("OMP_WAIT_POLICY")
-    return [("Threads", f"{threads} torch" + (f", {policy.lower()} wait" if policy else ""))]
+    spins = os.environ.get("GOMP_SPINCOUNT")
+    wait = f", {policy.lower()} wait" if policy else ""
+    if wait and spins:
+        wait += f" after {spins} spins"
+    return [("Threads", f"{threads} torch{wait}")]
 
 
 def _auth_row(state: ServerState) -> Row:

@@ -179,17 +179,25 @@ def test_torch_threads_are_fixed_through_the_environment(monkeypatch: pytest.Mon
     from hfserve.hardware import auto_torch_threads, usable_cpus
     from hfserve.settings import Settings
 
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
         monkeypatch.setenv(var, "unset")  # registers the original value for restoring
         monkeypatch.delenv(var)
-    # 0 (auto): the usable CPUs; waiting OpenMP threads sleep instead of spinning.
+    # 0 (auto): the usable CPUs; waiting OpenMP threads spin briefly, then sleep.
     auto = auto_torch_threads(usable_cpus())
     assert apply_torch_threads(Settings.load(None)) == auto
     assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == str(auto)
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the operator's policy is kept
+    assert os.environ["GOMP_SPINCOUNT"] == "10000"
+    # The operator's policy is kept, and a spin count is not added to it.
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.delenv("GOMP_SPINCOUNT")
     apply_torch_threads(Settings.load(None))
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert "GOMP_SPINCOUNT" not in os.environ
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "500")  # ... nor is their own spin count replaced
+    apply_torch_threads(Settings.load(None))
+    assert os.environ["GOMP_SPINCOUNT"] == "500"
     # An operator's OMP_NUM_THREADS wins over auto ...
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert apply_torch_threads(Settings.load(None)) is None

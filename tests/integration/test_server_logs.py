@@ -59,8 +59,13 @@ def test_json_log_is_one_object_per_line(start_server: StartServer) -> None:
     from hfserve.hardware import auto_torch_threads, usable_cpus
 
     threads = os.environ.get("OMP_NUM_THREADS") or auto_torch_threads(usable_cpus())
-    policy = os.environ.get("OMP_WAIT_POLICY", "passive").lower()
-    assert f"Threads {threads} torch, {policy} wait" in messages
+    if "OMP_WAIT_POLICY" in os.environ:
+        wait = f"{os.environ['OMP_WAIT_POLICY'].lower()} wait"
+        if "GOMP_SPINCOUNT" in os.environ:
+            wait += f" after {os.environ['GOMP_SPINCOUNT']} spins"
+    else:
+        wait = "passive wait after 10000 spins"
+    assert f"Threads {threads} torch, {wait}" in messages
     assert any(m.startswith("Models tiny-llama  text-generation") for m in messages)
     assert {"uvicorn.error", "hfserve.access", "ContinuousBatchingLogger"} <= {
         r["logger"] for r in records
