@@ -609,8 +609,7 @@ class ModelLoader:
 
     async def _close_retired(self) -> None:
         """Close the models the cache evicted; a failing close is logged, not raised."""
-        if not self._retired:
-            return
+        closed = False
         while self._retired:
             alias, model, reason = self._retired.pop(0)
             if id(model) in self._holds and not self._closed:
@@ -623,6 +622,7 @@ class ModelLoader:
                 )
                 self._held_retired[id(model)] = (alias, model, reason)
                 continue
+            closed = True
             try:
                 await model.aclose()
             except Exception:
@@ -630,9 +630,10 @@ class ModelLoader:
             logger.info("unloaded model %s (%s)", alias, reason)
             if self._observer is not None:
                 self._observer.on_evict(alias, reason)
-        # The last references are gone with the loop variable: now the memory can go back.
-        del model
-        await asyncio.to_thread(release_memory)
+        if closed:
+            # The last references go with the loop variable: now the memory can go back.
+            del model
+            await asyncio.to_thread(release_memory)
 
 
 def _read_template(spec: ModelSpec) -> str:
