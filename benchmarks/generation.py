@@ -13,6 +13,9 @@ driven by ``hfserve bench``:
 * hfserve JSON schema: the same server, greedy, with ``response_format`` a JSON schema (an array
   of at least 16 ``{"name": enum, "ok": boolean}`` objects, so no reply can finish before its
   64 tokens): every step also computes each row's llguidance grammar mask;
+* hfserve OMP spin: a second ``hfserve serve``, greedy, started with
+  ``OMP_WAIT_POLICY=ACTIVE GOMP_SPINCOUNT=1000`` (idle torch threads spin briefly before they
+  sleep; the tuning docs/operations.md gives for a machine whose CPUs the server has to itself);
 * transformers serve: ``transformers serve PATH --continuous-batching``, requests naming the
   model by its path and forcing the length with its ``generation_config`` field;
 * offline ``model.generate_batch`` over the same prompts: the ceiling (no HTTP, no server).
@@ -36,6 +39,7 @@ The output length is forced the same way as for the random model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import sys
@@ -65,6 +69,9 @@ HFSERVE, PEER, OFFLINE = "hfserve", "transformers serve", "offline generate_batc
 SAMPLED = "hfserve sampled"
 SAMPLING = {"temperature": 1.0, "top_p": 0.9, "top_k": 50, "seed": 7}
 CONSTRAINED = "hfserve JSON schema"
+SPIN = "hfserve OMP spin"
+# The dedicated-CPU tuning of docs/operations.md ("CPU threads"): active wait, short spin.
+SPIN_ENV = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "1000"}
 _ITEM = {
     "type": "object",
     "properties": {"name": {"enum": ["alpha", "beta", "gamma"]}, "ok": {"type": "boolean"}},
@@ -242,7 +249,7 @@ def _compare(
 ) -> None:
     """hfserve (greedy, and sampled unless told not to) and ``transformers serve
     --continuous-batching`` on the model folder ``path``."""
-    port, peer_port = free_port(), free_port()
+    port, peer_port, spin_port = free_port(), free_port(), free_port()
     env = {"HFSERVE_MAX_CONCURRENT_GENERATIONS": str(max(levels))}
     peer = ServerProcess(
         "transformers-serve",
@@ -271,9 +278,12 @@ def _compare(
         "llama",
         {"ignore_eos": True, "temperature": 0, "response_format": JSON_SCHEMA},
     )
+    spinning = _Server(
+        SPIN, f"http://{LOOPBACK}:{spin_port}", "llama", {"ignore_eos": True, "temperature": 0}
+    )
     servers = [
         greedy,
-        *([sampling, constrained] if sampled else []),
+        *([sampling, constrained, spinning] if sampled else []),
         _Server(
             PEER,
             f"http://{LOOPBACK}:{peer_port}",
@@ -282,7 +292,19 @@ def _compare(
         ),
     ]
     ours = hfserve_serve({"llama": path}, port, "--no-auth", "--no-response-cache", env=env)
-    with ours, peer:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(ours)
+        if sampled:
+            stack.enter_context(
+                hfserve_serve(
+                    {"llama": path},
+                    spin_port,
+                    "--no-auth",
+                    "--no-response-cache",
+                    env=env | SPIN_ENV,
+                )
+            )
+        stack.enter_context(peer)
         _drive(report, servers, levels, tokens, rounds, prefix, sequential)
 
 

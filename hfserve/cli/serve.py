@@ -192,12 +192,14 @@ def apply_torch_threads(settings: Settings) -> int | None:
       embeddings at c=32 ran 2-5x slower under load, and even on an idle 2-vCPU machine the
       passive policy served 18% more (docs/benchmarks.md, "CPU threads").
     * With it, ``GOMP_SPINCOUNT=10000`` unless set: a waiting thread spins that long (tens of
-      microseconds) before it sleeps, so the next operator of the same forward finds it awake,
-      while an idle server still burns no CPU. Measured against sleeping at once (2 vCPUs, one
-      server running at a time, 4 rounds): chat c=1 49.1 vs 47.1 tok/s, c=4 120.4 vs 113.9,
-      c=16 242.6 vs 245.1; embeddings c=1 64.4 vs 62.2 req/s, c=32 262.9 vs 241.9. GNU
-      OpenMP (torch's Linux wheels) reads it; other runtimes ignore it. An operator's own
-      ``OMP_WAIT_POLICY`` is left alone, and so is their spin count.
+      microseconds) before it sleeps, while an idle server still burns no CPU. GNU OpenMP
+      (torch's Linux wheels) throttles that spin to zero under ``PASSIVE`` once its pools
+      hold more threads than CPUs, which a server that ran torch on several threads does, so
+      it mostly sleeps at once. On CPUs the server has to itself,
+      ``OMP_WAIT_POLICY=ACTIVE GOMP_SPINCOUNT=1000`` keeps a short spin in every case: chat at
+      c=16 283 vs 244 tok/s on 2 vCPUs, but 155 vs 227 while another process kept a core busy
+      (docs/operations.md, "CPU threads"). An operator's own ``OMP_WAIT_POLICY`` is left
+      alone, and so is their spin count.
     """
     from hfserve.hardware import auto_torch_threads, usable_cpus
 
