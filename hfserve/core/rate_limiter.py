@@ -148,7 +148,21 @@ class MemoryRateLimitBackend:
     def _apply(
         self, key: str, specs: Sequence[BucketSpec], now: float, *, conditional: bool
     ) -> list[BucketState]:
-        # Runs on every rate-limited request: written flat (no helper calls, no comprehensions).
+        levels, pay = self._take(key, specs, now, conditional)
+        return [BucketState(level, pay) for level in levels]
+
+    def decide(self, key: str, specs: Sequence[BucketSpec], now: float) -> RateDecision:
+        """``acquire`` and its decision in one synchronous step (what ``allow_now`` uses)."""
+        levels, pay = self._take(key, specs, now, True)
+        return _decision_of(specs, levels, pay)
+
+    def _take(
+        self, key: str, specs: Sequence[BucketSpec], now: float, conditional: bool
+    ) -> tuple[list[float], bool]:
+        """Refill, then debit (all or nothing when ``conditional``): the levels after, and
+        whether the cost was taken."""
+        # Runs on every rate-limited request: written flat (no helper calls, no comprehensions,
+        # the specs unpacked once rather than read by attribute).
         with self._lock:
             self._ops += 1
             if self._ops % _SWEEP_EVERY == 0:
@@ -157,23 +171,26 @@ class MemoryRateLimitBackend:
             buckets = []
             pay = True
             for spec in specs:
-                bucket = held.get((key, spec.name))
+                name, capacity, refill, cost = spec
+                bucket = held.get((key, name))
                 if bucket is None:
-                    bucket = held[key, spec.name] = _Bucket(spec.capacity, now, spec)
+                    bucket = held[key, name] = _Bucket(capacity, now, spec)
                 elif now > bucket.updated:
                     # Threads may read the clock in one order and take the lock in another:
                     # time seen by a bucket never runs backwards.
-                    level = bucket.level + (now - bucket.updated) * spec.refill_per_second
-                    bucket.level = level if level < spec.capacity else spec.capacity
+                    level = bucket.level + (now - bucket.updated) * refill
+                    bucket.level = level if level < capacity else capacity
                     bucket.updated = now
                 bucket.spec = spec
-                if conditional and bucket.level + _EPSILON < spec.cost:
+                if conditional and bucket.level + _EPSILON < cost:
                     pay = False
                 buckets.append(bucket)
-            if pay:
-                for bucket, spec in zip(buckets, specs, strict=True):
-                    bucket.level -= spec.cost
-            return [BucketState(bucket.level, pay) for bucket in buckets]
+            levels = []
+            for bucket, spec in zip(buckets, specs, strict=True):
+                if pay:
+                    bucket.level -= spec[3]
+                levels.append(bucket.level)
+            return levels, pay
 
     def _sweep(self, now: float) -> None:
         for name in [n for n, b in self._buckets.items() if b.full_at() <= now]:
@@ -250,9 +267,7 @@ class RateLimiter:
             return _UNLIMITED
         if self._memory is None:
             return None
-        return _decision(
-            specs, self._memory._apply(key, specs, self._clock.now(), conditional=True)
-        )
+        return self._memory.decide(key, specs, self._clock.now())
 
     async def charge(self, key: str, limits: RateLimits, tokens: int) -> None:
         """Debit ``tokens`` counted after a response; a bucket driven negative delays later calls.
@@ -290,24 +305,31 @@ def _specs(limits: RateLimits, *, requests: int = 0, tokens: int = 0) -> tuple[B
 
 
 def _decision(specs: Sequence[BucketSpec], states: Sequence[BucketState]) -> RateDecision:
+    return _decision_of(specs, [state.level for state in states], all(s.debited for s in states))
+
+
+_new_decision = tuple.__new__  # RateDecision without NamedTuple's Python-level __new__
+
+
+def _decision_of(
+    specs: Sequence[BucketSpec], levels: Sequence[float], allowed: bool
+) -> RateDecision:
     # Per request: written flat, with _time_to inlined.
-    allowed = True
-    for state in states:
-        if not state.debited:
-            allowed = False
     retry_after = 0.0
     req: tuple[int, int, float] = (0, 0, 0.0)
     tok = req
-    for spec, (level, _) in zip(specs, states, strict=True):
-        capacity = spec.capacity
+    for spec, level in zip(specs, levels, strict=True):
+        name, capacity, refill, cost = spec
         if not allowed:
-            retry_after = max(retry_after, _time_to(spec.cost, level, spec))
+            wait = (cost - level) / refill
+            if wait > retry_after:
+                retry_after = wait
         # int() truncates towards zero: the same as floor() for the positive levels it keeps.
         remaining = int(level + _EPSILON)
-        reset = (capacity - level) / spec.refill_per_second
+        reset = (capacity - level) / refill
         report = (int(capacity), remaining if remaining > 0 else 0, reset if reset > 0 else 0.0)
-        if spec.name == "requests":
+        if name == "requests":
             req = report
         else:
             tok = report
-    return RateDecision(allowed, retry_after, *req, *tok)
+    return _new_decision(RateDecision, (allowed, retry_after, *req, *tok))
