@@ -227,6 +227,11 @@ class Settings(BaseSettings):
     max_concurrent_generations: int = Field(
         16, ge=1, description="Generations decoded together per model (continuous batching)."
     )
+    solo_decode: bool = Field(
+        True,
+        description="A generation that finds its model idle decodes alone, outside continuous "
+        "batching (as fast as plain generate), and joins the batch when a second one arrives.",
+    )
     torch_threads: int = Field(
         0,
         ge=0,

@@ -106,6 +106,8 @@ class RuntimeOptions:
     max_wait_ms: float = 5.0
     max_queue: int = 256
     max_concurrent_generations: int = 16
+    # A generation alone on its engine decodes outside continuous batching (``solo.py``).
+    solo_decode: bool = True
     trust_remote_code: bool = False
     batch_observer: BatchObserver | None = None
     # A chat template (Jinja source) that replaces the model's own (``--chat-template``).

@@ -24,6 +24,10 @@ Accelerators: the stage has no host sync or Python branch inside the step there,
 transformers may capture the step in CUDA graphs again (not yet measured on a GPU). Async double
 buffering stays off: a grammar's mask for step N+1 needs step N's token on the host.
 
+A request that finds the engine idle decodes on the batch-1 path of :mod:`.solo` instead, and
+joins continuous batching the moment a second request arrives (``options.solo_decode``, the
+``solo_decode`` setting, turns that path off).
+
 Threads: the manager thread hands every batch of outputs to the event loop with one
 ``loop.call_soon_threadsafe``; nothing polls. A cancelled request is removed from the
 scheduler before its next step (``stats.rows_after_cancel`` counts the at most one step
@@ -38,7 +42,9 @@ import itertools
 import logging
 import math
 import secrets
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +56,7 @@ from hfserve.errors import (
     ShuttingDownError,
 )
 from hfserve.skills.base import FinishReason, GenerationRequest, RuntimeOptions
+from hfserve.skills.generation.solo import SoloOutput, SoloRun, SoloUnsupportedError, decode_solo
 from hfserve.skills.generation.stage import (
     SamplingStage,
     SlotStep,
@@ -268,6 +275,14 @@ class GenerationEngine:
         self._slots = itertools.count()
         self._closing = False
         self.stats = EngineStats()
+        # The batch-1 path (see :mod:`.solo`): the run on it, the requests held until it hands
+        # over, and the lock that makes "start solo", "hold" and "hand over" one step each.
+        self._solo_enabled = options.solo_decode
+        self._solo: SoloRun | None = None
+        self._held: list[tuple[list[int], dict[str, Any]]] = []
+        self._solo_lock = threading.Lock()
+        self._solo_executor: ThreadPoolExecutor | None = None
+        self._solo_done: asyncio.Future[None] | None = None
 
     @property
     def active(self) -> int:
@@ -392,7 +407,7 @@ class GenerationEngine:
         probe = GenerationRequest(
             prompt_ids=[self._eos_ids[0] if self._eos_ids else 0], max_new_tokens=1
         )
-        stream = self.submit(probe)
+        stream = self.submit(probe, solo=False)
         try:
             async for _ in stream:
                 pass
@@ -422,8 +437,11 @@ class GenerationEngine:
         # Bias ids index the logits, which can be narrower or wider than the input vocabulary.
         check_sampling(request, self._stage.vocab_size if self._stage else self._vocab_size)
 
-    def submit(self, request: GenerationRequest) -> TokenStream:
+    def submit(self, request: GenerationRequest, *, solo: bool = True) -> TokenStream:
         """Queue a generation; its tokens arrive on the returned stream.
+
+        A request that finds the engine idle decodes on the batch-1 path unless ``solo`` is
+        False (the start-up probe, which checks continuous batching itself).
 
         Raises:
             InvalidRequestError: empty prompt, bad parameters or longer than the context.
@@ -450,24 +468,136 @@ class GenerationEngine:
             ignore_eos=request.ignore_eos,
             logprobs=[] if request.logprobs is not None else None,
         )
+        stop_ids = () if request.ignore_eos else self._eos_ids
+        kwargs: dict[str, Any] = {
+            "request_id": request_id,
+            "max_new_tokens": request.max_new_tokens,
+            "streaming": True,
+            "eos_token_id": list(stop_ids) or -1,
+            _SLOT_KWARG: slot,
+        }
+        alone = solo and self._solo_enabled and not self._entries and self._manager_idle()
         # Registered before add_request: the first output may arrive on the next loop turn.
         self._entries[request_id] = entry
-        added = manager.add_request(
-            list(request.prompt_ids),
-            request_id=request_id,
-            max_new_tokens=request.max_new_tokens,
-            streaming=True,
-            eos_token_id=-1 if request.ignore_eos or not self._eos_ids else list(self._eos_ids),
-            **{_SLOT_KWARG: slot},
-        )
-        if added is None:
-            # The manager refuses work only once its thread is stopping: it died, since our
-            # own shutdown is refused above.
-            self._forget(request_id)
-            fatal = manager.background_thread_status.fatal_error
-            raise InferenceError(f"the generation engine stopped: {fatal or 'thread exiting'}")
+        if alone:
+            run = SoloRun(
+                request_id,
+                slot,
+                list(request.prompt_ids),
+                request.max_new_tokens,
+                frozenset(stop_ids),
+                kwargs,
+            )
+            self._start_solo(run)
+        elif not self._hold(list(request.prompt_ids), kwargs):
+            self._add(list(request.prompt_ids), kwargs)
         self.stats.submitted += 1
         return TokenStream(self, request_id, entry, len(request.prompt_ids))
+
+    def _add(self, prompt_ids: list[int], kwargs: dict[str, Any]) -> None:
+        """Hand a request to continuous batching (raises when its thread died)."""
+        manager = self._manager
+        if manager.add_request(prompt_ids, **kwargs) is None:
+            # The manager refuses work only once its thread is stopping: it died, since our
+            # own shutdown is refused in ``submit``.
+            self._forget(kwargs["request_id"])
+            fatal = manager.background_thread_status.fatal_error
+            raise InferenceError(f"the generation engine stopped: {fatal or 'thread exiting'}")
+
+    def _manager_idle(self) -> bool:
+        """Continuous batching holds no request and its thread is alive (a cancelled request
+        can stay scheduled until the manager's next step)."""
+        manager = self._manager
+        processor = getattr(manager, "batch_processor", None)
+        return (
+            processor is not None
+            and manager.is_running()
+            and manager.input_queue.empty()
+            and not processor.has_pending_requests()
+        )
+
+    # -- the batch-1 path (see :mod:`.solo`) -------------------------------------------------
+
+    def _start_solo(self, run: SoloRun) -> None:
+        loop = self._loop
+        assert loop is not None  # set by start()
+        if self._solo_executor is None:
+            self._solo_executor = ThreadPoolExecutor(1, thread_name_prefix="hfserve-solo")
+        with self._solo_lock:
+            self._solo = run
+        self._solo_done = loop.run_in_executor(self._solo_executor, self._solo_main, run)
+
+    def _hold(self, prompt_ids: list[int], kwargs: dict[str, Any]) -> bool:
+        """While a solo run decodes, a new request waits for it to hand over (one step)."""
+        with self._solo_lock:
+            if self._solo is None:
+                return False
+            self._solo.handoff = True
+            self._held.append((prompt_ids, kwargs))
+            return True
+
+    def _solo_main(self, run: SoloRun) -> None:
+        """The solo thread: decode ``run``, then hand it and the held requests to the manager."""
+        finished = False
+        stage, model = self._stage, self._model
+        assert stage is not None  # set with the manager; aclose waits for this thread
+        try:
+            finished = decode_solo(model, stage, run, self._emit_solo, self._count)
+        except SoloUnsupportedError as exc:
+            # Continuous batching runs this model its own way: let it take over, for good.
+            logger.warning("batch-1 decoding is off for this model: %s", exc)
+            self._solo_enabled = False
+        except Exception as exc:
+            logger.exception("batch-1 decoding failed")
+            self._emit_solo(
+                SoloOutput(run.request_id, list(run.tokens), True, f"{type(exc).__name__}: {exc}"),
+                {},
+            )
+            finished = True
+        with self._solo_lock:
+            held: list[tuple[list[int], dict[str, Any]]] = []
+            if self._solo is run:  # else a newer run took over, queued behind this thread
+                self._solo = None
+                held, self._held = self._held, []
+            if not finished and not run.cancelled:
+                self._post(self._rebase, run.request_id)
+                kwargs = dict(run.cb_kwargs)
+                kwargs["max_new_tokens"] = run.max_new_tokens - len(run.tokens)
+                held.insert(0, (run.prompt_ids + run.tokens, kwargs))
+            for prompt_ids, kwargs in held:
+                if self._manager.add_request(prompt_ids, **kwargs) is None:
+                    self._post(self._fail, kwargs["request_id"])
+
+    def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # pragma: no cover - the loop closed; nobody is listening
+            logger.debug("event loop closed; dropping a batch-1 decoding event")
+
+    def _emit_solo(self, output: SoloOutput, steps: dict[int, SlotStep]) -> None:
+        self._post(self._on_outputs, [output], steps)
+
+    def _count(self, stage: SamplingStage) -> None:
+        self.stats.sampled_rows = stage.sampled_rows
+        self.stats.rows_after_cancel = stage.rows_after_cancel
+
+    def _rebase(self, request_id: str) -> None:
+        """The request continues in continuous batching, whose token count starts again."""
+        entry = self._entries.get(request_id)
+        if entry is not None:
+            entry.delivered = 0
+
+    def _fail(self, request_id: str) -> None:
+        """The manager refused a handed-over request: its thread died."""
+        entry = self._forget(request_id)
+        if entry is None:
+            return
+        self.stats.failed += 1
+        fatal = self._manager.background_thread_status.fatal_error if self._manager else None
+        entry.queue.put_nowait(
+            InferenceError(f"the generation engine stopped: {fatal or 'thread exiting'}")
+        )
 
     def cancel(self, request_id: str) -> None:
         """Stop a request: it leaves the batch before the next decoding step."""
@@ -475,6 +605,14 @@ class GenerationEngine:
         if entry is None:
             return
         self.stats.cancelled += 1
+        with self._solo_lock:
+            if self._solo is not None and self._solo.request_id == request_id:
+                self._solo.cancelled = True
+                return
+            for index, (_, kwargs) in enumerate(self._held):
+                if kwargs["request_id"] == request_id:
+                    del self._held[index]
+                    return
         self._manager.cancel_request(request_id)
 
     def _forget(self, request_id: str) -> _Entry | None:
@@ -539,11 +677,19 @@ class GenerationEngine:
             return
         self._closing = True
         manager = self._manager
+        with self._solo_lock:
+            if self._solo is not None:
+                self._solo.cancelled = True
+            self._held.clear()
         for request_id, entry in list(self._entries.items()):
             self._forget(request_id)
             manager.cancel_request(request_id)
             entry.queue.put_nowait(ShuttingDownError("the model is being unloaded; retry"))
         try:
+            if self._solo_done is not None:
+                await self._solo_done  # at most the step in flight
+            if self._solo_executor is not None:
+                self._solo_executor.shutdown(wait=True)
             await asyncio.to_thread(manager.stop, block=True, hard_stop=True)
             await asyncio.to_thread(manager.destroy)
         finally:
@@ -551,6 +697,8 @@ class GenerationEngine:
             self._manager = None
             self._model = None
             self._stage = None
+            self._solo_executor = None
+            self._solo_done = None
 
 
 def _slot_of(request_id: str) -> int:
