@@ -275,11 +275,10 @@ class GenerationEngine:
         self._slots = itertools.count()
         self._closing = False
         self.stats = EngineStats()
-        # The batch-1 path (see :mod:`.solo`): the run on it, the requests held until it hands
-        # over, and the lock that makes "start solo", "hold" and "hand over" one step each.
+        # The batch-1 path (see :mod:`.solo`): the run on it, and the lock that the solo
+        # thread holds while it uses the sampling stage, so a handover never overlaps that.
         self._solo_enabled = options.solo_decode
         self._solo: SoloRun | None = None
-        self._held: list[tuple[list[int], dict[str, Any]]] = []
         self._solo_lock = threading.Lock()
         self._solo_executor: ThreadPoolExecutor | None = None
         self._solo_done: asyncio.Future[None] | None = None
@@ -489,7 +488,8 @@ class GenerationEngine:
                 kwargs,
             )
             self._start_solo(run)
-        elif not self._hold(list(request.prompt_ids), kwargs):
+        else:
+            self._hand_over()
             self._add(list(request.prompt_ids), kwargs)
         self.stats.submitted += 1
         return TokenStream(self, request_id, entry, len(request.prompt_ids))
@@ -527,46 +527,54 @@ class GenerationEngine:
             self._solo = run
         self._solo_done = loop.run_in_executor(self._solo_executor, self._solo_main, run)
 
-    def _hold(self, prompt_ids: list[int], kwargs: dict[str, Any]) -> bool:
-        """While a solo run decodes, a new request waits for it to hand over (one step)."""
+    def _hand_over(self) -> None:
+        """A second request arrived: the solo run continues in continuous batching, now.
+
+        The solo thread's step in flight is dropped: it uses the stage only under the lock,
+        and finds the run handed over when it gets there.
+        """
         with self._solo_lock:
-            if self._solo is None:
-                return False
-            self._solo.handoff = True
-            self._held.append((prompt_ids, kwargs))
-            return True
+            run = self._solo
+            if run is None:
+                return
+            self._solo = None
+            run.handoff = True
+            tokens = list(run.tokens)
+        self._resume(run, tokens)
+
+    def _resume(self, run: SoloRun, tokens: list[int]) -> None:
+        """Add a solo run to continuous batching: its prompt and ``tokens`` (those delivered)
+        as the prompt, with the tokens it may still make (any thread)."""
+        # After the solo outputs already posted, before the manager's first one.
+        self._post(self._rebase, run.request_id)
+        kwargs = dict(run.cb_kwargs)
+        kwargs["max_new_tokens"] = run.max_new_tokens - len(tokens)
+        if self._manager.add_request(run.prompt_ids + tokens, **kwargs) is None:
+            self._post(self._fail, run.request_id)
 
     def _solo_main(self, run: SoloRun) -> None:
-        """The solo thread: decode ``run``, then hand it and the held requests to the manager."""
-        finished = False
+        """The solo thread: decode ``run`` until it ends or is handed over."""
         stage, model = self._stage, self._model
         assert stage is not None  # set with the manager; aclose waits for this thread
         try:
-            finished = decode_solo(model, stage, run, self._emit_solo, self._count)
+            decode_solo(model, stage, run, self._solo_lock, self._emit_solo, self._count)
         except SoloUnsupportedError as exc:
             # Continuous batching runs this model its own way: let it take over, for good.
             logger.warning("batch-1 decoding is off for this model: %s", exc)
             self._solo_enabled = False
+            with self._solo_lock:
+                mine = self._solo is run
+                if mine:
+                    self._solo = None
+            if mine:
+                self._resume(run, list(run.tokens))
         except Exception as exc:
             logger.exception("batch-1 decoding failed")
-            self._emit_solo(
-                SoloOutput(run.request_id, list(run.tokens), True, f"{type(exc).__name__}: {exc}"),
-                {},
-            )
-            finished = True
-        with self._solo_lock:
-            held: list[tuple[list[int], dict[str, Any]]] = []
-            if self._solo is run:  # else a newer run took over, queued behind this thread
-                self._solo = None
-                held, self._held = self._held, []
-            if not finished and not run.cancelled:
-                self._post(self._rebase, run.request_id)
-                kwargs = dict(run.cb_kwargs)
-                kwargs["max_new_tokens"] = run.max_new_tokens - len(run.tokens)
-                held.insert(0, (run.prompt_ids + run.tokens, kwargs))
-            for prompt_ids, kwargs in held:
-                if self._manager.add_request(prompt_ids, **kwargs) is None:
-                    self._post(self._fail, kwargs["request_id"])
+            with self._solo_lock:
+                if self._solo is run:
+                    self._solo = None
+                    error = f"{type(exc).__name__}: {exc}"
+                    self._post(self._on_outputs, [SoloOutput(run.request_id, [], True, error)], {})
 
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
         assert self._loop is not None
@@ -576,6 +584,9 @@ class GenerationEngine:
             logger.debug("event loop closed; dropping a batch-1 decoding event")
 
     def _emit_solo(self, output: SoloOutput, steps: dict[int, SlotStep]) -> None:
+        # Called under the lock, with the run still ours.
+        if output.finished:
+            self._solo = None
         self._post(self._on_outputs, [output], steps)
 
     def _count(self, stage: SamplingStage) -> None:
@@ -606,13 +617,11 @@ class GenerationEngine:
             return
         self.stats.cancelled += 1
         with self._solo_lock:
-            if self._solo is not None and self._solo.request_id == request_id:
-                self._solo.cancelled = True
+            run = self._solo
+            if run is not None and run.request_id == request_id:
+                run.cancelled = True
+                self._solo = None
                 return
-            for index, (_, kwargs) in enumerate(self._held):
-                if kwargs["request_id"] == request_id:
-                    del self._held[index]
-                    return
         self._manager.cancel_request(request_id)
 
     def _forget(self, request_id: str) -> _Entry | None:
@@ -680,7 +689,7 @@ class GenerationEngine:
         with self._solo_lock:
             if self._solo is not None:
                 self._solo.cancelled = True
-            self._held.clear()
+                self._solo = None
         for request_id, entry in list(self._entries.items()):
             self._forget(request_id)
             manager.cancel_request(request_id)

@@ -10,10 +10,11 @@ against ``generate``'s 49.1 in another pair of rounds.
 So when a request arrives while the engine is idle, it decodes here, on the engine's one solo
 thread, with the same :class:`~.stage.SamplingStage` (its table row, seeded RNG, penalties,
 grammar and logprobs are the same whichever path runs a step). The moment a second request
-arrives it is *held*, the solo run stops at its next step boundary, and both enter continuous
-batching together: the solo request as a new prompt of its prompt plus the tokens it has made,
-with the tokens it still may make. That costs one prefill of that sequence, once. Only one
-thread ever steps the stage: the held requests reach the manager after the solo run stopped.
+arrives, both enter continuous batching: the solo request as a new prompt of its prompt plus
+the tokens it has delivered, with the tokens it still may make. That costs one prefill of that
+sequence, once, and the solo step in flight is dropped. Only one thread ever uses the stage:
+the solo thread uses it only under the engine's lock, after checking that the run is still
+its own, and the handover takes the run away under the same lock.
 
 Why not ``model.generate`` here: it cannot stop at a step boundary to hand a request over, and
 its per-step overhead was the 6% the loop saves. The forward, the cache and the attention are
@@ -23,6 +24,7 @@ transformers' own; only the loop is ours.
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +68,10 @@ class SoloRun:
     handoff: bool = False
     cancelled: bool = False
 
+    def stopped(self) -> bool:
+        """Handed over or cancelled: the solo thread must not step it again."""
+        return self.handoff or self.cancelled
+
 
 def _keeps_logits(model: Any) -> bool:
     supports = getattr(model, "_supports_logits_to_keep", None)
@@ -83,13 +89,15 @@ def decode_solo(
     model: Any,
     stage: SamplingStage,
     run: SoloRun,
+    lock: threading.Lock,
     emit: Callable[[SoloOutput, dict[int, SlotStep]], None],
     count: Callable[[SamplingStage], None],
 ) -> bool:
-    """Decode ``run`` until it finishes (True) or is told to hand over or stop (False).
+    """Decode ``run`` until it finishes (True) or is handed over or cancelled (False).
 
-    ``emit`` gets every step's output and the stage's per-slot step record; ``count`` is called
-    after the stage prepared each step (the engine copies its counters).
+    Each step's forward runs unlocked; the sampling, ``emit`` (every step's output and the
+    stage's per-slot step record) and ``count`` (after the stage prepared the step) run under
+    ``lock``, and only while the run is neither handed over nor cancelled.
 
     Raises:
         SoloUnsupportedError: the model's forward failed (the run made no step then).
@@ -104,25 +112,28 @@ def decode_solo(
     ids = torch.tensor([run.prompt_ids], device=device)
     positions = torch.arange(ids.size(1), device=device)[None]
     with torch.inference_mode():
-        while not (run.handoff or run.cancelled):
+        while not run.stopped():
             try:
                 out = model(input_ids=ids, position_ids=positions, use_cache=True, **kwargs)
             except Exception as exc:
                 raise SoloUnsupportedError(f"{type(exc).__name__}: {exc}") from exc
             # fp32 logits, as continuous batching hands its logits processors.
             logits = out.logits[:, -1, :].float()
-            rows = stage.prepare([run.slot])
-            count(stage)
-            token = int(stage.run(logits, rows).argmax(-1)[0])
-            steps = stage.collect({run.slot: token})
-            run.tokens.append(token)
-            step = steps.get(run.slot)
-            done = (
-                len(run.tokens) >= run.max_new_tokens
-                or token in run.stop_ids
-                or (step is not None and (step.grammar_done or step.grammar_error is not None))
-            )
-            emit(SoloOutput(run.request_id, list(run.tokens), done), steps)
+            with lock:
+                if run.stopped():
+                    break  # the request went on without this step
+                rows = stage.prepare([run.slot])
+                count(stage)
+                token = int(stage.run(logits, rows).argmax(-1)[0])
+                steps = stage.collect({run.slot: token})
+                run.tokens.append(token)
+                step = steps.get(run.slot)
+                done = (
+                    len(run.tokens) >= run.max_new_tokens
+                    or token in run.stop_ids
+                    or (step is not None and (step.grammar_done or step.grammar_error is not None))
+                )
+                emit(SoloOutput(run.request_id, list(run.tokens), done), steps)
             if done:
                 return True
             ids = torch.tensor([[token]], device=device)
