@@ -5,8 +5,9 @@ words) is built into a temporary folder. Every request is a 32-word chat prompt 
 generates exactly 64 tokens (EOS ignored), streamed, closed loop at concurrency 1, 4 and 16,
 driven by ``hfserve bench``:
 
-* hfserve: ``hfserve serve --model llama=PATH`` (transformers' continuous batching inside,
-  up to 16 sequences decoded together), requests with ``ignore_eos``, greedy
+* hfserve: ``hfserve serve --model llama=PATH`` (its direct path on the CPU: the model's own
+  forward over one padded KV cache, up to 16 sequences decoded together), requests with
+  ``ignore_eos``, greedy
   (``temperature: 0``, as transformers serve's ``do_sample: false``);
 * hfserve sampled: the same server, ``temperature: 1, top_p: 0.9, top_k: 50`` with a seed, so
   the sampling stage's cost shows against the greedy row;
@@ -18,7 +19,9 @@ driven by ``hfserve bench``:
   sleep; the tuning docs/operations.md gives for a machine whose CPUs the server has to itself);
 * transformers serve: ``transformers serve PATH --continuous-batching``, requests naming the
   model by its path and forcing the length with its ``generation_config`` field;
-* offline ``model.generate_batch`` over the same prompts: the ceiling (no HTTP, no server).
+* offline ``model.generate_batch`` over the same prompts: the ceiling of transformers' paged
+  continuous batching (no HTTP, no server), which transformers serve runs and hfserve's direct
+  path does not.
 
 * sequential ``model.generate``, one distinct prompt after another in this process: the c=1
   baseline (a single user should not notice the server).

@@ -111,7 +111,7 @@ def runtime_options_from(
         max_wait_ms=settings.max_wait_ms,
         max_queue=settings.max_queue,
         max_concurrent_generations=settings.max_concurrent_generations,
-        solo_decode=settings.solo_decode,
+        direct_decode=settings.direct_decode,
         trust_remote_code=settings.trust_remote_code,
         batch_observer=batch_observer,
     )

@@ -16,6 +16,11 @@ layer) runs on one thread, anything larger on the configured count. The hook set
 the thread that runs the forward, before every forward, so a thread that another model left on
 one thread is corrected too. torch's own setter is used because it also sets MKL's count for the
 thread; a forward without token ids (pixels, audio features) always gets the configured count.
+
+Text generation no longer paces: its engine keeps every parallel region of the process on one
+decoding thread, whose OpenMP threads then spin briefly instead of sleeping at once (libgomp
+stops spinning only while its pools hold more threads than there are CPUs), and two threads
+beat one from one request up (see ``generation/engine.py``).
 """
 
 from __future__ import annotations

@@ -106,8 +106,9 @@ class RuntimeOptions:
     max_wait_ms: float = 5.0
     max_queue: int = 256
     max_concurrent_generations: int = 16
-    # A generation alone on its engine decodes outside continuous batching (``solo.py``).
-    solo_decode: bool = True
+    # Generations on the CPU decode on the padded direct path, not continuous batching
+    # (``generation/direct.py``).
+    direct_decode: bool = True
     trust_remote_code: bool = False
     batch_observer: BatchObserver | None = None
     # A chat template (Jinja source) that replaces the model's own (``--chat-template``).

@@ -1,9 +1,21 @@
-"""The generation engine: transformers' continuous batching with per-request sampling.
+"""The generation engine: batched decoding with per-request sampling, on two paths.
 
-Many concurrent generations share each decoding step through transformers'
-``ContinuousBatchingManager`` (``model.init_continuous_batching()``): its scheduler admits and
-evicts requests between steps, its paged KV cache holds them, and its background thread runs
-the model. This module adds what a server needs around it: an asyncio API, bounded admission,
+On the CPU, generations decode on the direct path of :mod:`.direct`: the model's own forward
+over one left-padded ``DynamicCache``, which requests join and leave between steps, on one
+decoding thread. For the small models a CPU serves, that is 1.3-1.5x the tokens per second of
+transformers' continuous batching (see :mod:`.direct` for the measurements), and a lone request
+is as fast as plain ``generate``. ``options.direct_decode`` (the ``direct_decode`` setting) turns
+it off.
+
+Elsewhere, and for a model whose forward refuses a padded batch, transformers' continuous
+batching runs: ``ContinuousBatchingManager`` (``model.init_continuous_batching()``), whose
+scheduler admits and evicts requests between steps, whose paged KV cache holds them and whose
+background thread runs the model. It starts only when needed: on the CPU its thread would be
+a second one running OpenMP regions, which slows both (see :meth:`GenerationEngine.start`). A
+model that moves there takes its runs along: each continues as its prompt plus the tokens it
+has delivered, with the tokens it may still make.
+
+This module adds what a server needs around both: an asyncio API, bounded admission,
 cancellation and shutdown, and - the part transformers does not do - sampling parameters that
 belong to each request.
 
@@ -16,6 +28,7 @@ per-request channel (``logit_processor_kwargs``: each request carries its engine
 processor hands the step's whole logits tensor to :class:`~.stage.SamplingStage`, which picks
 every row's token at once with that row's parameters (see :mod:`.sampling`) and returns a row
 that is 0 at the chosen token and -inf elsewhere, so transformers' argmax takes our choice.
+The direct path calls the same stage on its own logits.
 
 ``max_new_tokens`` and ``ignore_eos`` are per-request arguments of ``add_request`` already;
 stop *strings* are text, so the skill handles them and cancels the request on a match.
@@ -24,14 +37,9 @@ Accelerators: the stage has no host sync or Python branch inside the step there,
 transformers may capture the step in CUDA graphs again (not yet measured on a GPU). Async double
 buffering stays off: a grammar's mask for step N+1 needs step N's token on the host.
 
-A request that finds the engine idle decodes on the batch-1 path of :mod:`.solo` instead, and
-joins continuous batching the moment a second request arrives (``options.solo_decode``, the
-``solo_decode`` setting, turns that path off).
-
-Threads: the manager thread hands every batch of outputs to the event loop with one
-``loop.call_soon_threadsafe``; nothing polls. A cancelled request is removed from the
-scheduler before its next step (``stats.rows_after_cancel`` counts the at most one step
-already in flight).
+Threads: the decoding thread and the manager thread hand every step's outputs to the event
+loop with one ``loop.call_soon_threadsafe``; nothing polls. A cancelled request leaves before
+its next step (``stats.rows_after_cancel`` counts the at most one step already in flight).
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hfserve.errors import (
     InferenceError,
@@ -56,7 +64,12 @@ from hfserve.errors import (
     ShuttingDownError,
 )
 from hfserve.skills.base import FinishReason, GenerationRequest, RuntimeOptions
-from hfserve.skills.generation.solo import SoloOutput, SoloRun, SoloUnsupportedError, decode_solo
+from hfserve.skills.generation.direct import (
+    DirectDecoder,
+    DirectOutput,
+    DirectRun,
+    DirectUnsupportedError,
+)
 from hfserve.skills.generation.stage import (
     SamplingStage,
     SlotStep,
@@ -71,6 +84,7 @@ if TYPE_CHECKING:
 __all__ = ["EngineStats", "GenerationEngine", "TokenEvent", "TokenStream", "logits_width"]
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # The per-request kwarg that carries a request's engine slot to the sampler.
 _SLOT_KWARG = "hfserve_slot"
@@ -83,6 +97,9 @@ _CONTEXT_PER_GENERATION = {"cpu": 4096, "accelerator": 8192}
 _MAX_BATCH_TOKENS = {"cpu": 512, "accelerator": 2048}
 _PAGE_SIZE = 256
 _RETRY_AFTER = 1.0
+# Prompt tokens (padding included) prefilled in one forward on the direct path: 16 prompts of
+# 128 tokens at once, a longer one alone.
+_DIRECT_PREFILL_TOKENS = 2048
 
 
 @dataclass(frozen=True)
@@ -244,10 +261,10 @@ class TokenStream(QueueTokenStream):
 
 
 class GenerationEngine:
-    """Continuous batching over one causal LM, with each request's own sampling parameters.
+    """Batched decoding of one causal LM, with each request's own sampling parameters.
 
     Args:
-        model: a loaded transformers causal LM (``init_continuous_batching`` support).
+        model: a loaded transformers causal LM.
         eos_token_ids: the ids that end a generation unless a request sets ``ignore_eos``.
         options: concurrency (``max_concurrent_generations``) and admission (``max_queue``);
             ``options.extra["continuous_batching"]`` overrides ``ContinuousBatchingConfig`` fields.
@@ -275,13 +292,20 @@ class GenerationEngine:
         self._slots = itertools.count()
         self._closing = False
         self.stats = EngineStats()
-        # The batch-1 path (see :mod:`.solo`): the run on it, and the lock that the solo
-        # thread holds while it uses the sampling stage, so a handover never overlaps that.
-        self._solo_enabled = options.solo_decode
-        self._solo: SoloRun | None = None
-        self._solo_lock = threading.Lock()
-        self._solo_executor: ThreadPoolExecutor | None = None
-        self._solo_done: asyncio.Future[None] | None = None
+        # The direct path (see :mod:`.direct`): its decoder, and the lock its thread holds
+        # while it uses the sampling stage, which admission, cancelling and a move to
+        # continuous batching take too.
+        self._direct_enabled = (
+            options.direct_decode
+            and getattr(model, "device", None) is not None
+            and model.device.type == "cpu"
+        )
+        self._direct: DirectDecoder | None = None
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._direct_done: asyncio.Future[None] | None = None
+        # Why continuous batching is not running when it was needed (it failed to start).
+        self._no_manager = "continuous batching is not running"
 
     @property
     def active(self) -> int:
@@ -296,13 +320,15 @@ class GenerationEngine:
     @property
     def running(self) -> bool:
         """Whether the engine accepts work."""
-        return self._manager is not None and not self._closing
+        return self._stage is not None and not self._closing
 
     def memory_bytes(self) -> int:
         """Bytes of the paged KV cache's tensors (0 before the manager thread allocates them)."""
         import torch
 
         stage = self._stage.memory_bytes() if self._stage is not None else 0
+        if self._direct is not None:
+            stage += self._direct.nbytes()
         cache = getattr(getattr(self._manager, "batch_processor", None), "cache", None)
         if cache is None:
             return stage
@@ -359,7 +385,6 @@ class GenerationEngine:
             raise ModelLoadError(
                 f"{type(self._model).__name__} does not support transformers' continuous batching"
             )
-        self._vocab_size = int(self._model.get_input_embeddings().num_embeddings)
         config = GenerationConfig(  # type: ignore[no-untyped-call]
             do_sample=False, eos_token_id=list(self._eos_ids) or -1, max_new_tokens=16
         )
@@ -371,13 +396,7 @@ class GenerationEngine:
             raise ModelLoadError(
                 f"continuous batching is not available for {type(self._model).__name__}: {exc}"
             ) from exc
-        self._stage = SamplingStage(
-            rows=self._capacity,
-            vocab_size=logits_width(self._model),
-            device=self._model.device,
-            eos_ids=self._eos_ids,
-            static=self._model.device.type != "cpu",
-        )
+        assert self._stage is not None  # built by start()
         processors = ContinuousBatchingLogitsProcessorList(
             LogitsProcessorList([_build_processor(self._stage, self.stats)])
         )
@@ -390,31 +409,77 @@ class GenerationEngine:
         return manager
 
     async def start(self) -> None:
-        """Start the manager thread and run one token through it, so a model that cannot be
-        continuously batched fails here, loudly, rather than on its first request.
+        """Run one token through the engine, so a model it cannot run fails here, loudly,
+        rather than on its first request.
+
+        On the direct path that token decodes there, and continuous batching starts only if
+        the model needs it: its manager thread would be a second thread running OpenMP
+        regions, and with more OpenMP threads than CPUs libgomp stops spinning between
+        regions (a batch-1 step went from 9 ms to 15 on 2 vCPUs, 2026-12-02).
 
         Raises:
-            ModelLoadError: continuous batching does not work for this model.
+            ModelLoadError: neither path can run this model.
         """
-        if self._manager is not None:
+        if self._stage is not None:
             return
         if self._model is None:
             raise ModelLoadError("this generation engine was closed; load the model again")
-        self._loop = asyncio.get_running_loop()
+        if not callable(getattr(self._model, "get_input_embeddings", None)):
+            raise ModelLoadError(f"{type(self._model).__name__} is not a transformers causal LM")
+        self._loop = loop = asyncio.get_running_loop()
         self._closing = False
-        self._manager = await asyncio.to_thread(self._create_manager, self._loop)
+        self._vocab_size = int(self._model.get_input_embeddings().num_embeddings)
+        # The stage's tables are filled by torch, in parallel: on the thread that will decode
+        # (direct), or on a thread that then exits (continuous batching runs its own).
+        # Either way no other thread keeps an OpenMP pool (see ``start``'s docstring).
+        if self._direct_enabled:
+            stage = await loop.run_in_executor(self._decode_executor(), self._build_stage)
+        else:
+            stage = await _in_own_thread(loop, self._build_stage)
+        self._stage = stage
+        if self._direct_enabled:
+            self._direct = DirectDecoder(
+                self._model,
+                stage,
+                self._lock,
+                self._emit_direct,
+                self._count,
+                max_rows=self._options.max_concurrent_generations,
+                prefill_tokens=_DIRECT_PREFILL_TOKENS,
+            )
+        else:
+            try:
+                self._manager = await _in_own_thread(loop, lambda: self._create_manager(loop))
+            except BaseException:
+                self._stage = None
+                raise
         probe = GenerationRequest(
             prompt_ids=[self._eos_ids[0] if self._eos_ids else 0], max_new_tokens=1
         )
-        stream = self.submit(probe, solo=False)
+        stream = self.submit(probe)
         try:
             async for _ in stream:
                 pass
         except InferenceError as exc:
             await self.aclose()
             raise ModelLoadError(
-                f"continuous batching failed on {type(self._model).__name__}: {exc}"
+                f"generation failed on {type(self._model).__name__}: {exc}"
             ) from exc
+
+    def _build_stage(self) -> SamplingStage:
+        return SamplingStage(
+            rows=self._capacity,
+            vocab_size=logits_width(self._model),
+            device=self._model.device,
+            eos_ids=self._eos_ids,
+            static=self._model.device.type != "cpu",
+        )
+
+    def _decode_executor(self) -> ThreadPoolExecutor:
+        """The direct path's one thread (every torch call of that path runs on it)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="hfserve-decode")
+        return self._executor
 
     def _check_request(self, request: GenerationRequest) -> None:
         if not request.prompt_ids:
@@ -436,11 +501,9 @@ class GenerationEngine:
         # Bias ids index the logits, which can be narrower or wider than the input vocabulary.
         check_sampling(request, self._stage.vocab_size if self._stage else self._vocab_size)
 
-    def submit(self, request: GenerationRequest, *, solo: bool = True) -> TokenStream:
-        """Queue a generation; its tokens arrive on the returned stream.
-
-        A request that finds the engine idle decodes on the batch-1 path unless ``solo`` is
-        False (the start-up probe, which checks continuous batching itself).
+    def submit(self, request: GenerationRequest) -> TokenStream:
+        """Queue a generation; its tokens arrive on the returned stream (on the direct path
+        while that is on, else in continuous batching).
 
         Raises:
             InvalidRequestError: empty prompt, bad parameters or longer than the context.
@@ -448,8 +511,7 @@ class GenerationEngine:
             ShuttingDownError: the engine is not running.
             InferenceError: the manager thread died.
         """
-        manager = self._manager
-        if manager is None or self._closing:
+        if not self.running:
             raise ShuttingDownError("the generation engine is not running")
         self._check_request(request)
         if len(self._entries) >= self._capacity:
@@ -475,21 +537,18 @@ class GenerationEngine:
             "eos_token_id": list(stop_ids) or -1,
             _SLOT_KWARG: slot,
         }
-        alone = solo and self._solo_enabled and not self._entries and self._manager_idle()
-        # Registered before add_request: the first output may arrive on the next loop turn.
+        # Registered before the request is queued: the first output may arrive on the next
+        # loop turn.
         self._entries[request_id] = entry
-        if alone:
-            run = SoloRun(
-                request_id,
-                slot,
-                list(request.prompt_ids),
-                request.max_new_tokens,
-                frozenset(stop_ids),
-                kwargs,
-            )
-            self._start_solo(run)
-        else:
-            self._hand_over()
+        run = DirectRun(
+            request_id,
+            slot,
+            list(request.prompt_ids),
+            request.max_new_tokens,
+            frozenset(stop_ids),
+            kwargs,
+        )
+        if not self._enqueue_direct(run):
             self._add(list(request.prompt_ids), kwargs)
         self.stats.submitted += 1
         return TokenStream(self, request_id, entry, len(request.prompt_ids))
@@ -497,97 +556,92 @@ class GenerationEngine:
     def _add(self, prompt_ids: list[int], kwargs: dict[str, Any]) -> None:
         """Hand a request to continuous batching (raises when its thread died)."""
         manager = self._manager
-        if manager.add_request(prompt_ids, **kwargs) is None:
+        if manager is None or manager.add_request(prompt_ids, **kwargs) is None:
             # The manager refuses work only once its thread is stopping: it died, since our
             # own shutdown is refused in ``submit``.
             self._forget(kwargs["request_id"])
-            fatal = manager.background_thread_status.fatal_error
-            raise InferenceError(f"the generation engine stopped: {fatal or 'thread exiting'}")
+            raise InferenceError(f"the generation engine stopped: {self._fatal_error()}")
 
-    def _manager_idle(self) -> bool:
-        """Continuous batching holds no request and its thread is alive (a cancelled request
-        can stay scheduled until the manager's next step)."""
+    def _fatal_error(self) -> str:
         manager = self._manager
-        processor = getattr(manager, "batch_processor", None)
-        return (
-            processor is not None
-            and manager.is_running()
-            and manager.input_queue.empty()
-            and not processor.has_pending_requests()
-        )
+        if manager is None:
+            return self._no_manager
+        return str(manager.background_thread_status.fatal_error or "thread exiting")
 
-    # -- the batch-1 path (see :mod:`.solo`) -------------------------------------------------
+    # -- the direct path (see :mod:`.direct`) ------------------------------------------------
 
-    def _start_solo(self, run: SoloRun) -> None:
+    def _enqueue_direct(self, run: DirectRun) -> bool:
+        """Queue ``run`` on the direct path, starting its thread if idle; False when off."""
         loop = self._loop
         assert loop is not None  # set by start()
-        if self._solo_executor is None:
-            self._solo_executor = ThreadPoolExecutor(1, thread_name_prefix="hfserve-solo")
-        with self._solo_lock:
-            self._solo = run
-        self._solo_done = loop.run_in_executor(self._solo_executor, self._solo_main, run)
+        with self._lock:
+            decoder = self._direct if self._direct_enabled else None
+            if decoder is None:
+                return False
+            start = decoder.add(run)
+        if start:
+            self._direct_done = loop.run_in_executor(
+                self._decode_executor(), self._direct_main, decoder
+            )
+        return True
 
-    def _hand_over(self) -> None:
-        """A second request arrived: the solo run continues in continuous batching, now.
-
-        The solo thread's step in flight is dropped: it uses the stage only under the lock,
-        and finds the run handed over when it gets there.
-        """
-        with self._solo_lock:
-            run = self._solo
-            if run is None:
+    def _direct_main(self, decoder: DirectDecoder) -> None:
+        """The decoding thread: run the direct path until it has no run left."""
+        try:
+            decoder.run()
+        except DirectUnsupportedError as exc:
+            # Continuous batching runs this model its own way: let it take over, for good.
+            # Until its manager runs, new requests keep queueing on the decoder (still busy).
+            logger.warning("direct decoding is off for this model: %s", exc)
+            manager, failure = self._manager, None
+            if manager is None:
+                assert self._loop is not None  # set by start()
+                try:
+                    manager = self._create_manager(self._loop)
+                except Exception as start_error:
+                    failure = f"{type(start_error).__name__}: {start_error}"
+                    self._no_manager = f"direct decoding failed ({exc}); {failure}"
+            with self._lock:
+                self._manager = manager
+                self._direct_enabled = False
+                runs = decoder.take_all()
+            # This thread is no longer needed; once it ends, its OpenMP pool goes with it and
+            # the manager's thread is the only one left running parallel regions.
+            self._decode_executor().shutdown(wait=False)
+            if failure is not None:
+                self._post(self._on_outputs, [_failed(r, failure) for r in runs], {})
                 return
-            self._solo = None
-            run.handoff = True
-            tokens = list(run.tokens)
-        self._resume(run, tokens)
+            for run in runs:
+                self._resume(run, list(run.tokens))
+        except Exception as exc:
+            logger.exception("direct decoding failed")
+            error = f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                runs = decoder.take_all()
+            if runs:
+                self._post(self._on_outputs, [_failed(r, error) for r in runs], {})
 
-    def _resume(self, run: SoloRun, tokens: list[int]) -> None:
-        """Add a solo run to continuous batching: its prompt and ``tokens`` (those delivered)
-        as the prompt, with the tokens it may still make (any thread)."""
-        # After the solo outputs already posted, before the manager's first one.
+    def _resume(self, run: DirectRun, tokens: list[int]) -> None:
+        """Add a direct run to continuous batching: its prompt and ``tokens`` (those
+        delivered) as the prompt, with the tokens it may still make (any thread)."""
+        # After the direct outputs already posted, before the manager's first one.
         self._post(self._rebase, run.request_id)
         kwargs = dict(run.cb_kwargs)
         kwargs["max_new_tokens"] = run.max_new_tokens - len(tokens)
-        if self._manager.add_request(run.prompt_ids + tokens, **kwargs) is None:
+        manager = self._manager
+        if manager is None or manager.add_request(run.prompt_ids + tokens, **kwargs) is None:
             self._post(self._fail, run.request_id)
-
-    def _solo_main(self, run: SoloRun) -> None:
-        """The solo thread: decode ``run`` until it ends or is handed over."""
-        stage, model = self._stage, self._model
-        assert stage is not None  # set with the manager; aclose waits for this thread
-        try:
-            decode_solo(model, stage, run, self._solo_lock, self._emit_solo, self._count)
-        except SoloUnsupportedError as exc:
-            # Continuous batching runs this model its own way: let it take over, for good.
-            logger.warning("batch-1 decoding is off for this model: %s", exc)
-            self._solo_enabled = False
-            with self._solo_lock:
-                mine = self._solo is run
-                if mine:
-                    self._solo = None
-            if mine:
-                self._resume(run, list(run.tokens))
-        except Exception as exc:
-            logger.exception("batch-1 decoding failed")
-            with self._solo_lock:
-                if self._solo is run:
-                    self._solo = None
-                    error = f"{type(exc).__name__}: {exc}"
-                    self._post(self._on_outputs, [SoloOutput(run.request_id, [], True, error)], {})
 
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
         assert self._loop is not None
         try:
             self._loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:  # pragma: no cover - the loop closed; nobody is listening
-            logger.debug("event loop closed; dropping a batch-1 decoding event")
+            logger.debug("event loop closed; dropping a direct decoding event")
 
-    def _emit_solo(self, output: SoloOutput, steps: dict[int, SlotStep]) -> None:
-        # Called under the lock, with the run still ours.
-        if output.finished:
-            self._solo = None
-        self._post(self._on_outputs, [output], steps)
+    def _emit_direct(self, outputs: list[DirectOutput], steps: dict[int, SlotStep]) -> None:
+        # Called under the lock, for runs still on the direct path.
+        self._post(self._on_outputs, outputs, steps)
 
     def _count(self, stage: SamplingStage) -> None:
         self.stats.sampled_rows = stage.sampled_rows
@@ -605,9 +659,8 @@ class GenerationEngine:
         if entry is None:
             return
         self.stats.failed += 1
-        fatal = self._manager.background_thread_status.fatal_error if self._manager else None
         entry.queue.put_nowait(
-            InferenceError(f"the generation engine stopped: {fatal or 'thread exiting'}")
+            InferenceError(f"the generation engine stopped: {self._fatal_error()}")
         )
 
     def cancel(self, request_id: str) -> None:
@@ -616,13 +669,15 @@ class GenerationEngine:
         if entry is None:
             return
         self.stats.cancelled += 1
-        with self._solo_lock:
-            run = self._solo
-            if run is not None and run.request_id == request_id:
-                run.cancelled = True
-                self._solo = None
-                return
-        self._manager.cancel_request(request_id)
+        with self._lock:
+            decoder = self._direct
+            runs = decoder.runs() if decoder is not None else []
+            for run in runs:
+                if run.request_id == request_id:
+                    run.cancelled = True
+                    return
+        if self._manager is not None:
+            self._manager.cancel_request(request_id)
 
     def _forget(self, request_id: str) -> _Entry | None:
         entry = self._entries.pop(request_id, None)
@@ -651,7 +706,7 @@ class GenerationEngine:
             error = output.error
             if error is None and step is not None and step.grammar_error is not None:
                 error = f"the output left its grammar: {step.grammar_error}"
-                self._manager.cancel_request(output.request_id)
+                self._cancel_batched(output)
             if error is not None:
                 self._forget(output.request_id)
                 self.stats.failed += 1
@@ -671,7 +726,7 @@ class GenerationEngine:
             reason: FinishReason = "length"
             if grammar_done and not output.is_finished():
                 # The grammar is complete and allows nothing more: end here, not one step later.
-                self._manager.cancel_request(output.request_id)
+                self._cancel_batched(output)
                 reason = "stop"
             if tokens and not entry.ignore_eos and tokens[-1] in self._eos_ids:
                 reason = "stop"
@@ -680,34 +735,74 @@ class GenerationEngine:
                 reason = "stop"
             entry.queue.put_nowait(TokenEvent(new, reason, _take(entry, len(new))))
 
+    def _cancel_batched(self, output: Any) -> None:
+        """Stop a continuous-batching request early (a direct run has ended already)."""
+        if self._manager is not None and not isinstance(output, DirectOutput):
+            self._manager.cancel_request(output.request_id)
+
     async def aclose(self) -> None:
-        """Fail in-flight requests with ``ShuttingDownError``, stop the thread, free the cache."""
-        if self._manager is None or self._closing:
+        """Fail in-flight requests with ``ShuttingDownError``, stop the threads, free the
+        caches."""
+        if self._stage is None or self._closing:
             return
         self._closing = True
-        manager = self._manager
-        with self._solo_lock:
-            if self._solo is not None:
-                self._solo.cancelled = True
-                self._solo = None
+        with self._lock:
+            if self._direct is not None:
+                self._direct.cancel_all()
         for request_id, entry in list(self._entries.items()):
             self._forget(request_id)
-            manager.cancel_request(request_id)
+            if self._manager is not None:
+                self._manager.cancel_request(request_id)
             entry.queue.put_nowait(ShuttingDownError("the model is being unloaded; retry"))
         try:
-            if self._solo_done is not None:
-                await self._solo_done  # at most the step in flight
-            if self._solo_executor is not None:
-                self._solo_executor.shutdown(wait=True)
-            await asyncio.to_thread(manager.stop, block=True, hard_stop=True)
-            await asyncio.to_thread(manager.destroy)
+            if self._direct_done is not None:
+                await self._direct_done  # at most the step in flight
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+            # Read after the decoding thread ended: a move to continuous batching may have
+            # started the manager meanwhile.
+            manager = self._manager
+            if manager is not None:
+                await asyncio.to_thread(manager.stop, block=True, hard_stop=True)
+                await asyncio.to_thread(manager.destroy)
         finally:
             # Drop every reference to the model and cache so the caller can free the memory.
             self._manager = None
             self._model = None
             self._stage = None
-            self._solo_executor = None
-            self._solo_done = None
+            self._direct = None
+            self._executor = None
+            self._direct_done = None
+
+
+async def _in_own_thread(loop: asyncio.AbstractEventLoop, fn: Callable[[], _T]) -> _T:
+    """``fn()`` on a thread that ends with it: unlike ``asyncio.to_thread``'s pooled threads,
+    it leaves no OpenMP pool behind to throttle the thread that decodes."""
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def main() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_settle, future, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, future, result, None)
+
+    threading.Thread(target=main, name="hfserve-engine-setup", daemon=True).start()
+    return await future
+
+
+def _settle(future: asyncio.Future[_T], result: _T | None, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]
+
+
+def _failed(run: DirectRun, error: str) -> DirectOutput:
+    return DirectOutput(run.request_id, [], True, error)
 
 
 def _slot_of(request_id: str) -> int:
