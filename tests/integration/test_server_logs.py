@@ -29,7 +29,8 @@ def _exercise(url: str) -> None:
 
 def test_text_log_has_one_format_and_no_progress_bars(start_server: StartServer) -> None:
     # --device auto: the banner must show what auto resolved to on this CPU-only machine.
-    server = start_server("--no-auth", "--device", "auto")
+    # Continuous batching (direct decoding off), so transformers' own logger has lines to log.
+    server = start_server("--no-auth", "--device", "auto", env={"HFSERVE_DIRECT_DECODE": "false"})
     _exercise(server.url)
     assert server.stop() == 0
     log = server.log()
@@ -48,7 +49,9 @@ def test_text_log_has_one_format_and_no_progress_bars(start_server: StartServer)
 
 
 def test_json_log_is_one_object_per_line(start_server: StartServer) -> None:
-    server = start_server("--no-auth", "--log-format", "json")
+    server = start_server(
+        "--no-auth", "--log-format", "json", env={"HFSERVE_DIRECT_DECODE": "false"}
+    )
     _exercise(server.url)
     assert server.stop() == 0
     records = [json.loads(line) for line in server.log().splitlines() if line]

@@ -130,7 +130,9 @@ async def test_requests_that_join_and_leave_get_the_tokens_they_would_get_alone(
         first = engine.submit(_greedy(prompts[0], lengths[0]))
         async with asyncio.timeout(HANG_GUARD):
             head: list[TokenEvent] = [await anext(first) for _ in range(3)]
-        others = [engine.submit(_greedy(p, n)) for p, n in zip(prompts[1:], lengths[1:])]
+        others = [
+            engine.submit(_greedy(p, n)) for p, n in zip(prompts[1:], lengths[1:], strict=True)
+        ]
         results = await asyncio.gather(_collect(first), *map(_collect, others))
     finally:
         await engine.aclose()
@@ -386,7 +388,7 @@ async def test_when_neither_path_can_run_the_requests_fail_with_why(
                 await _collect(stream)
         assert engine.stats.failed == 2
         # Later requests are refused at once, saying why.
-        with pytest.raises(InferenceError, match="direct decoding failed .*does not support"):
+        with pytest.raises(InferenceError, match=r"direct decoding failed .*does not support"):
             engine.submit(_greedy(prompt, 5))
         assert engine.active == 0
     finally:

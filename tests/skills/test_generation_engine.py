@@ -325,7 +325,7 @@ async def test_start_fails_loudly_when_the_model_cannot_generate(
     monkeypatch.setattr(model, "forward", broken_forward)
     engine = GenerationEngine(model, eos_token_ids=[], options=RuntimeOptions(), max_context=256)
     # The direct path fails, then continuous batching too: the load fails, saying why.
-    with pytest.raises(ModelLoadError, match="generation failed.*paged attention"):
+    with pytest.raises(ModelLoadError, match=r"generation failed.*paged attention"):
         await engine.start()
     assert not engine.running
 
