@@ -242,8 +242,7 @@ class Settings(BaseSettings):
         "(affinity capped by the cgroup CPU quota, so a container's limit counts) shared out "
         "among the workers. hfserve also sets OMP_WAIT_POLICY=PASSIVE (with GOMP_SPINCOUNT=10000, "
         "a short spin before sleeping) unless OMP_WAIT_POLICY is set: spinning OpenMP threads "
-        "take the CPU from the event loop. On CPUs the server has to itself, "
-        "OMP_WAIT_POLICY=ACTIVE GOMP_SPINCOUNT=1000 serves more (docs/operations.md, CPU threads).",
+        "take the CPU from the event loop (docs/operations.md, CPU threads).",
     )
 
     # --- response cache ---------------------------------------------------------------------

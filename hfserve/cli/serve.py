@@ -194,12 +194,13 @@ def apply_torch_threads(settings: Settings) -> int | None:
     * With it, ``GOMP_SPINCOUNT=10000`` unless set: a waiting thread spins that long (tens of
       microseconds) before it sleeps, while an idle server still burns no CPU. GNU OpenMP
       (torch's Linux wheels) throttles that spin to zero under ``PASSIVE`` once its pools
-      hold more threads than CPUs, which a server that ran torch on several threads does, so
-      it mostly sleeps at once. On CPUs the server has to itself,
-      ``OMP_WAIT_POLICY=ACTIVE GOMP_SPINCOUNT=1000`` keeps a short spin in every case: chat at
-      c=16 283 vs 244 tok/s on 2 vCPUs, but 155 vs 227 while another process kept a core busy
-      (docs/operations.md, "CPU threads"). An operator's own ``OMP_WAIT_POLICY`` is left
-      alone, and so is their spin count.
+      hold more threads than CPUs, so the generation engine keeps its torch work on one
+      thread (a generation-only server keeps the spin). A server that also runs other models
+      has their threads' pools too; on CPUs it has to itself,
+      ``OMP_WAIT_POLICY=ACTIVE GOMP_SPINCOUNT=1000`` keeps a short spin in every case, which
+      helped embeddings under load but is now slower for generation (docs/operations.md,
+      "CPU threads"). An operator's own ``OMP_WAIT_POLICY`` is left alone, and so is their
+      spin count.
     """
     from hfserve.hardware import auto_torch_threads, usable_cpus
 

@@ -17,7 +17,6 @@ import torch
 
 from hfserve.core.batcher import MicroBatcher
 from hfserve.errors import InferenceError, InvalidRequestError, ShuttingDownError
-from hfserve.skills._threads import pace_forward_threads
 from hfserve.skills._torch import free_memory, module_memory_bytes
 from hfserve.skills.base import (
     ClassificationResult,
@@ -149,7 +148,8 @@ class EncoderModel(ABC, Generic[R]):
         self.device = device
         self.dtype = dtype
         self._model = model
-        pace_forward_threads(model)
+        # No one-thread pacing of small forwards (``_threads.py``): the batcher's thread is
+        # this model's only OpenMP pool, and two threads beat one from one sentence up.
         self._tokenizer = tokenizer
         self._max_length = max_length
         self._options = options

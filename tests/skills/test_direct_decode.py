@@ -433,5 +433,7 @@ def test_a_padded_batch_cuts_columns_no_row_uses_and_grows_in_place(
         grown = batch._cache.layers[0].keys
         assert grown.size(2) == keys.size(2) + 1
         assert grown.data_ptr() == keys.data_ptr()  # written in place, not concatenated
+        in_use = sum(2 * layer.keys.numel() * 4 for layer in batch._cache.layers)
+        assert batch.nbytes() > in_use  # the spare capacity counts as memory too
         batch.keep([])
         assert (batch.size, batch.columns, batch.nbytes()) == (0, 0, 0)

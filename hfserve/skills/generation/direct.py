@@ -175,15 +175,17 @@ class PaddedBatch:
         return 0 if self._mask is None else int(self._mask.size(1))
 
     def nbytes(self) -> int:
-        """Bytes of the cache's keys and values."""
+        """Bytes of the cache's keys and values, spare capacity included."""
         cache = self._cache
         if cache is None:
             return 0
-        return sum(
-            t.numel() * t.element_size()
-            for layer in cache.layers
-            for t in (layer.keys, layer.values)
-        )
+        total = 0
+        for layer in cache.layers:
+            buffers = getattr(layer, "_buffers", None)
+            held = buffers if buffers is not None and layer._view is layer.keys else None
+            for t in held or (layer.keys, layer.values):
+                total += t.numel() * t.element_size()
+        return total
 
     def _forward(self, **kwargs: Any) -> torch.Tensor:
         try:
