@@ -23,8 +23,8 @@ from hfserve.skills.generation.engine import (
     GenerationEngine,
     TokenEvent,
     TokenStream,
-    _build_router,
 )
+from hfserve.skills.generation.paged import build_router
 from tests.fixtures.tiny_models import TinyModels
 
 pytestmark = pytest.mark.slow
@@ -390,7 +390,7 @@ async def test_router_hands_outputs_to_the_event_loop() -> None:
         if len(received) == 2:
             both.set()
 
-    router = _build_router(loop, receive, len)
+    router = build_router(loop, receive, len)
     router.deliver("one")
     router.deliver_batch([])
     router.deliver_batch(["two", "three"])

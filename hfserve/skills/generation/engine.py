@@ -23,7 +23,7 @@ Why our own sampling stage. The installed continuous batching samples with one g
 ``do_sample`` comes from the manager's ``GenerationConfig`` and ``torch.multinomial`` draws from
 one global RNG, so neither greedy-next-to-sampled nor a per-request ``seed`` is possible, and
 it has no penalties, logit bias, grammar masks or top logprobs. So the manager is configured
-greedy (argmax) and given one logits processor of ours, ``_Sampler``, through transformers' own
+greedy (argmax) and given one logits processor of ours (:mod:`.paged`), through transformers' own
 per-request channel (``logit_processor_kwargs``: each request carries its engine slot). The
 processor hands the step's whole logits tensor to :class:`~.stage.SamplingStage`, which picks
 every row's token at once with that row's parameters (see :mod:`.sampling`) and returns a row
@@ -45,10 +45,8 @@ its next step (``stats.rows_after_cancel`` counts the at most one step already i
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
-import math
 import secrets
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -70,6 +68,7 @@ from hfserve.skills.generation.direct import (
     DirectRun,
     DirectUnsupportedError,
 )
+from hfserve.skills.generation.paged import SLOT_KWARG, build_router, start_manager
 from hfserve.skills.generation.stage import (
     SamplingStage,
     SlotStep,
@@ -79,23 +78,13 @@ from hfserve.skills.generation.stage import (
 )
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 __all__ = ["EngineStats", "GenerationEngine", "TokenEvent", "TokenStream", "logits_width"]
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-# The per-request kwarg that carries a request's engine slot to the sampler.
-_SLOT_KWARG = "hfserve_slot"
-# Left alone, transformers sizes the KV cache to 80-90% of free device memory (of *system* RAM on
-# CPU), which starves every other model in the cache. Size it from the concurrency instead:
-# each generation gets up to this much context (longer ones share the pool, which the scheduler
-# manages by waiting and requeueing). ``extra["continuous_batching"]`` overrides it.
-_CONTEXT_PER_GENERATION = {"cpu": 4096, "accelerator": 8192}
-# Prefill chunk per step: the attention mask grows with batch tokens x cache tokens.
-_MAX_BATCH_TOKENS = {"cpu": 512, "accelerator": 2048}
-_PAGE_SIZE = 256
 _RETRY_AFTER = 1.0
 # Prompt tokens (padding included) prefilled in one forward on the direct path: 16 prompts of
 # 128 tokens at once, a longer one alone.
@@ -134,73 +123,6 @@ def logits_width(model: Any) -> int:
     if weight is not None:
         return int(weight.shape[0])
     return int(model.config.get_text_config().vocab_size)  # pragma: no cover - no LM head
-
-
-def _build_processor(stage: SamplingStage, stats: EngineStats) -> Any:
-    """Our sampling stage as transformers' per-request logits processor (built lazily).
-
-    This and :func:`_build_router` are the two places that know transformers' continuous
-    batching internals: a processor sees each step's logits with one int32 argument per row
-    (here the request's table row), and the router sees each step's outputs.
-    """
-    from transformers.generation.continuous_batching.cb_logits_processors import (
-        ContinuousBatchingLogitsProcessor,
-    )
-
-    class _Sampler(ContinuousBatchingLogitsProcessor):
-        """Hands the step's logits to the sampling stage; see the module docstring."""
-
-        supported_kwargs: dict[str, type] = {_SLOT_KWARG: int}  # noqa: RUF012 - base API
-        ignored_kwargs: tuple[str, ...] = ()
-
-        def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
-            # Padding rows of a step point at the table's no-op row.
-            int32_tensor.fill_(stage.table.dummy)
-
-        def prepare_tensor_args(self, requests_with_new_token: list[Any]) -> torch.Tensor:
-            slots = [
-                r.state.logit_processor_kwargs.get(_SLOT_KWARG, -1) for r in requests_with_new_token
-            ]
-            rows = stage.prepare(slots)
-            stats.sampled_rows = stage.sampled_rows
-            stats.rows_after_cancel = stage.rows_after_cancel
-            return rows
-
-        def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
-            return stage.run(scores, tensor_arg)
-
-    return _Sampler()
-
-
-def _build_router(
-    loop: asyncio.AbstractEventLoop,
-    deliver: Callable[[list[Any], Any], None],
-    collect: Callable[[list[Any]], Any],
-) -> Any:
-    """An ``OutputRouter`` that hands each batch of outputs to the event loop in one call.
-
-    ``collect`` runs first, on the manager thread, right after the step that made the outputs
-    (the sampling stage reads that step's logprobs and advances grammars there, before the next
-    step is planned); its result travels to ``deliver`` with the outputs.
-    """
-    from transformers.generation.continuous_batching.continuous_api import OutputRouter
-
-    class _LoopRouter(OutputRouter):
-        """Routes every output of the manager thread to the engine, on its event loop."""
-
-        def deliver(self, output: Any) -> None:
-            self.deliver_batch([output])
-
-        def deliver_batch(self, outputs: list[Any]) -> None:
-            if not outputs:
-                return
-            extra = collect(outputs)
-            try:
-                loop.call_soon_threadsafe(deliver, list(outputs), extra)
-            except RuntimeError:  # pragma: no cover - the loop closed; nobody is listening
-                logger.debug("event loop closed; dropping %d generation outputs", len(outputs))
-
-    return _LoopRouter()
 
 
 @dataclass
@@ -343,70 +265,18 @@ class GenerationEngine:
                     total += tensor.numel() * tensor.element_size()
         return total + stage
 
-    def _cb_config(self) -> Any:
-        from transformers.generation.configuration_utils import ContinuousBatchingConfig
-
-        kind = "cpu" if self._model.device.type == "cpu" else "accelerator"
-        kwargs: dict[str, Any] = {
-            "max_requests_per_batch": self._options.max_concurrent_generations,
-            # The sampling stage is graph-safe on accelerators (static shapes, persistent
-            # buffers, no host sync inside the step), so transformers decides on CUDA graphs
-            # there; they do nothing on CPU. Not yet measured on a GPU.
-            "use_cuda_graph": None if kind == "accelerator" else False,
-            # Async batching plans step N+1 before step N's tokens reach the host, but a
-            # grammar's mask for N+1 needs token N, and logprobs are read per step: off.
-            "use_async_batching": False,
-            "default_compile_level": 0,
-            # Vocabulary-sized temporaries of the sampler need headroom (transformers' own
-            # figure for "there is logits processing").
-            "max_memory_percent": 0.8,
-        }
-        per_generation = min(self._max_context, _CONTEXT_PER_GENERATION[kind])
-        # ... and the pool always holds one generation of the full context, or the scheduler
-        # could never place it.
-        total = max(self._max_context, self._options.max_concurrent_generations * per_generation)
-        # ``block_size`` was renamed ``page_size`` after transformers 5.17.
-        names = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
-        kwargs["page_size" if "page_size" in names else "block_size"] = _PAGE_SIZE
-        kwargs["num_blocks"] = max(1, math.ceil(total / _PAGE_SIZE))
-        kwargs["max_batch_tokens"] = _MAX_BATCH_TOKENS[kind]
-        kwargs.update(self._options.extra.get("continuous_batching", {}))
-        return ContinuousBatchingConfig(**kwargs)
-
     def _create_manager(self, loop: asyncio.AbstractEventLoop) -> Any:
-        """Build and start the transformers manager (blocking; runs in a worker thread)."""
-        from transformers import GenerationConfig
-        from transformers.generation.continuous_batching.cb_logits_processors import (
-            ContinuousBatchingLogitsProcessorList,
-        )
-        from transformers.generation.logits_process import LogitsProcessorList
-
-        if not hasattr(self._model, "init_continuous_batching"):
-            raise ModelLoadError(
-                f"{type(self._model).__name__} does not support transformers' continuous batching"
-            )
-        config = GenerationConfig(  # type: ignore[no-untyped-call]
-            do_sample=False, eos_token_id=list(self._eos_ids) or -1, max_new_tokens=16
-        )
-        try:
-            manager = self._model.init_continuous_batching(
-                generation_config=config, continuous_batching_config=self._cb_config()
-            )
-        except (ValueError, TypeError, NotImplementedError, AttributeError) as exc:
-            raise ModelLoadError(
-                f"continuous batching is not available for {type(self._model).__name__}: {exc}"
-            ) from exc
+        """Build and start transformers' manager (blocking; never on the event loop)."""
         assert self._stage is not None  # built by start()
-        processors = ContinuousBatchingLogitsProcessorList(
-            LogitsProcessorList([_build_processor(self._stage, self.stats)])
+        return start_manager(
+            self._model,
+            self._stage,
+            eos_ids=self._eos_ids,
+            options=self._options,
+            max_context=self._max_context,
+            router=build_router(loop, self._on_outputs, self._collect_step),
+            on_prepare=self._count,
         )
-        # One int32 row of per-request arguments: the slot (counted by transformers only for
-        # processors it converts itself).
-        processors.tensors_required = 1
-        manager.logit_processor = processors
-        manager.output_router = _build_router(loop, self._on_outputs, self._collect_step)
-        manager.start()
-        return manager
 
     async def start(self) -> None:
         """Run one token through the engine, so a model it cannot run fails here, loudly,
@@ -535,7 +405,7 @@ class GenerationEngine:
             "max_new_tokens": request.max_new_tokens,
             "streaming": True,
             "eos_token_id": list(stop_ids) or -1,
-            _SLOT_KWARG: slot,
+            SLOT_KWARG: slot,
         }
         # Registered before the request is queued: the first output may arrive on the next
         # loop turn.
