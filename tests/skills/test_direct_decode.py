@@ -350,7 +350,7 @@ async def test_a_move_to_a_dead_manager_fails_the_requests(
 
         def destroy(self) -> None: ...
 
-    monkeypatch.setattr(engine, "_create_manager", lambda loop: _Dead())
+    monkeypatch.setattr(engine, "_create_manager", lambda loop, stage: _Dead())
     try:
         stream = engine.submit(_greedy(prompt, 200))
         async with asyncio.timeout(HANG_GUARD):
@@ -374,7 +374,7 @@ async def test_when_neither_path_can_run_the_requests_fail_with_why(
     counted = _Counted(model)
     engine = await _engine(model)
 
-    def refuse(loop: Any) -> Any:
+    def refuse(loop: Any, stage: Any) -> Any:
         raise ModelLoadError("LlamaForCausalLM does not support transformers' continuous batching")
 
     monkeypatch.setattr(engine, "_create_manager", refuse)

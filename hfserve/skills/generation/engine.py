@@ -52,7 +52,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from hfserve.errors import (
     InferenceError,
@@ -76,9 +76,6 @@ from hfserve.skills.generation.stage import (
     check_sampling,
     params_of,
 )
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["EngineStats", "GenerationEngine", "TokenEvent", "TokenStream", "logits_width"]
 
@@ -265,12 +262,11 @@ class GenerationEngine:
                     total += tensor.numel() * tensor.element_size()
         return total + stage
 
-    def _create_manager(self, loop: asyncio.AbstractEventLoop) -> Any:
+    def _create_manager(self, loop: asyncio.AbstractEventLoop, stage: SamplingStage) -> Any:
         """Build and start transformers' manager (blocking; never on the event loop)."""
-        assert self._stage is not None  # built by start()
         return start_manager(
             self._model,
-            self._stage,
+            stage,
             eos_ids=self._eos_ids,
             options=self._options,
             max_context=self._max_context,
@@ -304,10 +300,7 @@ class GenerationEngine:
         # Either way no other thread keeps an OpenMP pool (see ``start``'s docstring).
         if self._direct_enabled:
             stage = await loop.run_in_executor(self._decode_executor(), self._build_stage)
-        else:
-            stage = await _in_own_thread(loop, self._build_stage)
-        self._stage = stage
-        if self._direct_enabled:
+            self._stage = stage
             self._direct = DirectDecoder(
                 self._model,
                 stage,
@@ -318,11 +311,12 @@ class GenerationEngine:
                 prefill_tokens=_DIRECT_PREFILL_TOKENS,
             )
         else:
-            try:
-                self._manager = await _in_own_thread(loop, lambda: self._create_manager(loop))
-            except BaseException:
-                self._stage = None
-                raise
+
+            def setup() -> tuple[SamplingStage, Any]:
+                stage = self._build_stage()
+                return stage, self._create_manager(loop, stage)
+
+            self._stage, self._manager = await _in_own_thread(loop, setup)
         probe = GenerationRequest(
             prompt_ids=[self._eos_ids[0] if self._eos_ids else 0], max_new_tokens=1
         )
@@ -466,8 +460,9 @@ class GenerationEngine:
             manager, failure = self._manager, None
             if manager is None:
                 assert self._loop is not None  # set by start()
+                assert self._stage is not None  # aclose waits for this thread
                 try:
-                    manager = self._create_manager(self._loop)
+                    manager = self._create_manager(self._loop, self._stage)
                 except Exception as start_error:
                     failure = f"{type(start_error).__name__}: {start_error}"
                     self._no_manager = f"direct decoding failed ({exc}); {failure}"
@@ -482,7 +477,7 @@ class GenerationEngine:
                 self._post(self._on_outputs, [_failed(r, failure) for r in runs], {})
                 return
             for run in runs:
-                self._resume(run, list(run.tokens))
+                self._resume(run)
         except Exception as exc:
             logger.exception("direct decoding failed")
             error = f"{type(exc).__name__}: {exc}"
@@ -491,15 +486,15 @@ class GenerationEngine:
             if runs:
                 self._post(self._on_outputs, [_failed(r, error) for r in runs], {})
 
-    def _resume(self, run: DirectRun, tokens: list[int]) -> None:
-        """Add a direct run to continuous batching: its prompt and ``tokens`` (those
-        delivered) as the prompt, with the tokens it may still make (any thread)."""
+    def _resume(self, run: DirectRun) -> None:
+        """Add a direct run to continuous batching: its prompt and the tokens it delivered as
+        the prompt, with the tokens it may still make (any thread)."""
         # After the direct outputs already posted, before the manager's first one.
         self._post(self._rebase, run.request_id)
         kwargs = dict(run.cb_kwargs)
-        kwargs["max_new_tokens"] = run.max_new_tokens - len(tokens)
+        kwargs["max_new_tokens"] = run.max_new_tokens - len(run.tokens)
         manager = self._manager
-        if manager is None or manager.add_request(run.prompt_ids + tokens, **kwargs) is None:
+        if manager is None or manager.add_request(run.prompt_ids + run.tokens, **kwargs) is None:
             self._post(self._fail, run.request_id)
 
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
@@ -648,27 +643,11 @@ class GenerationEngine:
 async def _in_own_thread(loop: asyncio.AbstractEventLoop, fn: Callable[[], _T]) -> _T:
     """``fn()`` on a thread that ends with it: unlike ``asyncio.to_thread``'s pooled threads,
     it leaves no OpenMP pool behind to throttle the thread that decodes."""
-    future: asyncio.Future[_T] = loop.create_future()
-
-    def main() -> None:
-        try:
-            result = fn()
-        except BaseException as exc:
-            loop.call_soon_threadsafe(_settle, future, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, future, result, None)
-
-    threading.Thread(target=main, name="hfserve-engine-setup", daemon=True).start()
-    return await future
-
-
-def _settle(future: asyncio.Future[_T], result: _T | None, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)  # type: ignore[arg-type]
+    executor = ThreadPoolExecutor(1, thread_name_prefix="hfserve-engine-setup")
+    try:
+        return await loop.run_in_executor(executor, fn)
+    finally:
+        executor.shutdown(wait=False)  # its one thread ends once ``fn`` returns
 
 
 def _failed(run: DirectRun, error: str) -> DirectOutput:
