@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -15,6 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from hfserve.core.keystore import KeyStore
 from hfserve.core.rate_limiter import RateLimiter
@@ -94,11 +96,20 @@ def create_app(
         Route(e.path, e.handler, methods=[e.method], include_in_schema=e.openapi is not None)
         for e in sorted(endpoints, key=lambda e: e.method != "GET")
     ]
-    # CORS outermost: it answers preflights itself and adds its headers to every response,
-    # refusals (401, 429, 413) included, so browsers can read those errors.
-    middleware = []
+    # The client's errors; ServingMiddleware answers them itself on the routes it dispatches.
+    handlers: ExceptionHandlers = {
+        HfServeError: _hfserve_error,
+        HTTPException: _http_error,
+        ClientDisconnectedError: _client_gone,
+    }
+    # Outermost first. CORS answers preflights itself and adds its headers to every response,
+    # refusals (401, 429, 413) and 500s included, so browsers can read those errors. Then
+    # hfserve's own layer, outside Starlette's ServerErrorMiddleware: it answers a bug in the
+    # routes it dispatches itself, and the 500 of any other route passes through it (request
+    # id, metrics, access log) like every other response.
+    outer = []
     if settings.cors_origins:
-        middleware.append(
+        outer.append(
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
@@ -107,20 +118,14 @@ def create_app(
                 expose_headers=["x-request-id", "retry-after", "x-cache"],
             )
         )
-    # The client's errors; ServingMiddleware answers them itself on the routes it dispatches.
-    handlers: ExceptionHandlers = {
-        HfServeError: _hfserve_error,
-        HTTPException: _http_error,
-        ClientDisconnectedError: _client_gone,
-    }
-    middleware.append(
+    outer.append(
         Middleware(ServingMiddleware, state=state, endpoints=endpoints, exception_handlers=handlers)
     )
-    app = Starlette(
+    app = _App(
+        outer=outer,
         routes=routes,
-        middleware=middleware,
         lifespan=lifespan,
-        # Exception: a bug, answered by Starlette's outermost ServerErrorMiddleware.
+        # Exception: a bug, answered by Starlette's ServerErrorMiddleware (inside ours).
         exception_handlers={**handlers, Exception: unhandled_error_response},
     )
     app.state.hfserve = state
@@ -128,6 +133,27 @@ def create_app(
         secured=True, public_metrics=settings.public_metrics, endpoints=endpoints
     )
     return app
+
+
+class _App(Starlette):
+    """Starlette with ``outer`` middleware outside its ServerErrorMiddleware.
+
+    Starlette puts user middleware inside its ServerErrorMiddleware, so every request would
+    pass through that layer's coroutine and ``send`` wrapper before reaching hfserve's. The
+    routes ServingMiddleware dispatches itself never reach the layers inside it, and it
+    answers their bugs itself, so outside is where it costs nothing.
+    """
+
+    def __init__(self, *, outer: list[Middleware], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._outer = outer
+
+    def build_middleware_stack(self) -> ASGIApp:
+        """Starlette's stack, wrapped in ``outer`` (the first one outermost)."""
+        app = super().build_middleware_stack()
+        for cls, args, kwargs in reversed(self._outer):
+            app = cls(app, *args, **kwargs)
+        return app
 
 
 async def _sample_gauges(state: ServerState, interval: float = 1.0) -> None:

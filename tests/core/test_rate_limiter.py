@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -330,3 +330,40 @@ async def test_another_backend_is_awaited_and_decides_like_memory(clock: FakeClo
     assert backend.acquired == 4
     clock.advance(30)
     assert await other.allow("k", limits) == await memory.allow("k", limits)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    limits=st.sampled_from(
+        [RateLimits(3, 0), RateLimits(0, 50), RateLimits(3, 50), RateLimits(120, 1000)]
+    ),
+    steps=st.lists(
+        st.tuples(
+            st.floats(min_value=0, max_value=40),
+            st.integers(min_value=0, max_value=2),
+            st.integers(min_value=0, max_value=40),
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+)
+def test_the_memory_fast_path_decides_exactly_like_the_awaited_backend(
+    limits: RateLimits, steps: list[tuple[float, int, int]]
+) -> None:
+    # allow_now's flat decide() and the protocol path (acquire, then the decision built from
+    # the bucket states) must agree on every field of every decision, refusals included.
+    async def run() -> None:
+        clock = FakeClock()
+        backend = CountingBackend()
+        awaited = RateLimiter(backend, clock=clock)
+        memory = RateLimiter(clock=clock)
+        for seconds, requests, tokens in steps:
+            clock.advance(seconds)
+            assert await memory.allow("k", limits, requests=requests, tokens=tokens) == (
+                await awaited.allow("k", limits, requests=requests, tokens=tokens)
+            )
+            await memory.charge("k", limits, tokens)
+            await awaited.charge("k", limits, tokens)
+        assert backend.acquired == len(steps)
+
+    asyncio.run(run())

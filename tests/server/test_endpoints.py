@@ -114,6 +114,7 @@ def test_directly_dispatched_routes_answer_errors_as_the_router_would(tmp_path: 
     app = _app_with(
         tmp_path,
         Endpoint("/v1/bug", "POST", _bug, None),
+        Endpoint("/v1/bugs/{name}", "POST", _bug, None),
         Endpoint("/v1/refuse", "POST", _refuse, None),
     )
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -126,6 +127,13 @@ def test_directly_dispatched_routes_answer_errors_as_the_router_would(tmp_path: 
         assert bug.json()["error"]["code"] == "internal_error"
         assert "secret" not in bug.text
         assert "req-2" in bug.json()["error"]["message"]
+        assert bug.headers["x-request-id"] == "req-2"
+        # A templated path goes through the router: the same 500, past hfserve's layer too.
+        routed = client.post("/v1/bugs/x", headers={"x-request-id": "req-3"})
+        assert routed.status_code == 500
+        assert routed.json()["error"]["code"] == "internal_error"
+        assert "secret" not in routed.text
+        assert routed.headers["x-request-id"] == "req-3"
         # Methods other than the table's still go through the router: HEAD is GET's, and
         # another method is a 405, not a 404.
         head = client.head("/v1/models")
